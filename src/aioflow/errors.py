@@ -1,0 +1,124 @@
+"""Exceptions raised by aioflow.
+
+Every exception aioflow raises on purpose derives from :class:`AioflowError`,
+so ``except aioflow.AioflowError`` catches all of them::
+
+    AioflowError
+    ├── DefinitionError      a flow or dag is malformed (raised while building it)
+    ├── ConfigError          a setting is invalid, or the Redis server is unsuitable
+    ├── UnknownFlow          no worker or gateway ever registered that flow name
+    ├── RunNotFound          no run with that id (never existed, or expired)
+    ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
+    ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
+    ├── RunFailed            the run ended ``failed``: carries vertex, type, message, traceback
+    ├── RunStopped           the run was stopped before it finished
+    ├── ResultTimeout        waiting for a result took longer than asked (also a TimeoutError)
+    ├── NodeTimeout          a node attempt ran past its ``timeout`` (seen inside RunFailed)
+    └── RedisUnavailable     Redis cannot be reached (connection refused, dropped, timed out)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AioflowError",
+    "ConfigError",
+    "DefinitionError",
+    "InvalidRunId",
+    "InvalidTransition",
+    "NodeTimeout",
+    "RedisUnavailable",
+    "ResultTimeout",
+    "RunFailed",
+    "RunNotFound",
+    "RunStopped",
+    "UnknownFlow",
+]
+
+
+class AioflowError(Exception):
+    """Root of every exception aioflow raises on purpose."""
+
+
+class DefinitionError(AioflowError):
+    """A flow or dag is malformed; the message names the offending vertex or edge."""
+
+
+class ConfigError(AioflowError):
+    """A setting is invalid, or the Redis server cannot be used safely."""
+
+
+class UnknownFlow(AioflowError):
+    """The flow name was never registered with this Redis by a worker or gateway."""
+
+
+class RunNotFound(AioflowError):
+    """No run with this id exists: it never did, or it expired after ``result_ttl``."""
+
+
+class InvalidRunId(AioflowError, ValueError):
+    """A run id or flow name does not match the allowed syntax."""
+
+
+class InvalidTransition(AioflowError):
+    """The requested control action is not allowed in the run's current status."""
+
+
+class RunFailed(AioflowError):
+    """The run ended ``failed``.
+
+    ``vertex`` is the address of the vertex that failed, ``error_type`` the
+    exception class name, ``message`` its text, ``traceback`` the formatted
+    traceback from the worker and ``attempts`` how many times the vertex ran.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        vertex: str | None,
+        error_type: str,
+        message: str,
+        traceback: str = "",
+        attempts: int = 0,
+    ) -> None:
+        self.run_id = run_id
+        self.vertex = vertex
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        self.attempts = attempts
+        where = f" at vertex {vertex!r}" if vertex else ""
+        super().__init__(f"run {run_id} failed{where}: {error_type}: {message}")
+
+    @classmethod
+    def from_error(cls, run_id: str, error: dict[str, Any]) -> RunFailed:
+        return cls(
+            run_id,
+            vertex=error.get("vertex"),
+            error_type=str(error.get("type", "Error")),
+            message=str(error.get("message", "")),
+            traceback=str(error.get("traceback", "")),
+            attempts=int(error.get("attempts", 0)),
+        )
+
+
+class RunStopped(AioflowError):
+    """The run was stopped (``stop``) before it finished; it has no result."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} was stopped")
+
+
+class ResultTimeout(AioflowError, TimeoutError):
+    """The run did not finish within the time the caller was willing to wait."""
+
+
+class NodeTimeout(AioflowError):
+    """A node attempt ran longer than its ``timeout`` and was cancelled."""
+
+
+class RedisUnavailable(AioflowError):
+    """Redis could not be reached; the operation may be retried once it is back."""
