@@ -1,0 +1,203 @@
+"""The ``aioflow`` command: parse arguments, load ``module:app``, run, return an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .app import App, connect
+from .engine import Engine
+from .errors import AioflowError, ConfigError
+from .gateway import create_app
+from .redis_server import RedisServer, free_port
+from .worker import Worker
+
+log = logging.getLogger("aioflow")
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attr`` or ``path/to/file.py:attr`` (``attr`` defaults to ``app``)."""
+    target, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if target.endswith(".py") or os.sep in target:
+        path = Path(target).resolve()
+        if not path.exists():
+            raise ConfigError(f"no such file: {target}")
+        sys.path.insert(0, str(path.parent))
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ConfigError(f"cannot import {target}")
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[path.stem] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(target)
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec}: expected an aioflow.App, got {type(app).__name__}")
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aioflow", description="asyncio workflow engine on Redis")
+    p.add_argument("--log-level", default=os.environ.get("AIOFLOW_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("app", help="module:app or path/to/file.py:app")
+        sp.add_argument("--redis-url", default=None, help="default: AIOFLOW_REDIS_URL")
+
+    def web_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default=None)
+        sp.add_argument("--port", type=int, default=None)
+
+    def worker_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--concurrency", type=int, default=None)
+        sp.add_argument("--grace", type=float, default=None)
+        sp.add_argument("--visibility-timeout", type=float, default=None)
+
+    sp = sub.add_parser("serve", help="run the HTTP gateway")
+    common(sp)
+    web_opts(sp)
+    sp = sub.add_parser("worker", help="run a worker")
+    common(sp)
+    worker_opts(sp)
+    sp = sub.add_parser("dev", help="gateway + worker in one process, own Redis if no URL")
+    common(sp)
+    web_opts(sp)
+    worker_opts(sp)
+    sp.add_argument("--data-dir", default=".aioflow", help="embedded Redis data (default .aioflow)")
+    sp = sub.add_parser("run", help="pause, resume or stop a run")
+    sp.add_argument("action", choices=["pause", "resume", "stop", "state"])
+    sp.add_argument("run_id")
+    sp.add_argument("--redis-url", default=None)
+    return p
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coro_fn())
+    return uvloop.run(coro_fn())
+
+
+async def _until_signal(on_stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def handler() -> None:
+        on_stop()
+        done.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler)
+    await done.wait()
+
+
+async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
+    s = app.settings
+    if not s.redis_url:
+        raise ConfigError("no Redis: pass --redis-url or set AIOFLOW_REDIS_URL")
+    redis = connect(s.redis_url, max_connections=max(64, s.concurrency + 16))
+    runner: web.AppRunner | None = None
+    w: Worker | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if worker:
+            w = Worker(app.flows, redis, settings=s)
+            await w.prepare()
+            tasks.append(asyncio.create_task(w.run()))
+            log.info(
+                "worker %s: concurrency %d, flows %s",
+                w.consumer,
+                s.concurrency,
+                ", ".join(f.name for f in app.flows),
+            )
+        if gateway:
+            runner = web.AppRunner(create_app(redis, flows=app.flows, settings=s), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, s.host, s.port).start()
+            log.info("gateway on http://%s:%d", s.host, s.port)
+        stopped = asyncio.create_task(_until_signal(lambda: w.stop() if w else None))
+        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if w is not None:
+            w.stop()
+        for t in tasks:
+            await t
+        stopped.cancel()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await redis.aclose()
+    return 0
+
+
+async def _control(action: str, run_id: str, url: str | None) -> int:
+    from .client import Client
+
+    async with Client(url) as c:
+        if action == "state":
+            st = await c.state(run_id)
+            sys.stdout.write(st.to_json().decode() + "\n")
+            return 0
+        status = await getattr(c, action)(run_id)
+        sys.stdout.write(f"{run_id}: {status.value}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "run":
+            return _run(lambda: _control(args.action, args.run_id, args.redis_url))
+        app = load_app(args.app)
+        overrides = {
+            k: getattr(args, k, None)
+            for k in ("redis_url", "host", "port", "concurrency", "grace", "visibility_timeout")
+        }
+        app.settings = app.settings.replace(**overrides)
+        if args.command == "serve":
+            return _run(lambda: _serve(app, worker=False, gateway=True))
+        if args.command == "worker":
+            return _run(lambda: _serve(app, worker=True, gateway=False))
+        return _dev(app, args.data_dir)
+    except AioflowError as e:
+        sys.stderr.write(f"aioflow: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _dev(app: App, data_dir: str) -> int:
+    server: RedisServer | None = None
+    if not app.settings.redis_url:
+        server = RedisServer(dir=Path(data_dir) / "redis", port=free_port(), appendonly=True)
+        server.start()
+        log.info("started redis-server %s (data in %s)", server.url, server.dir)
+        app.settings = app.settings.replace(redis_url=server.url)
+    try:
+        return _run(lambda: _serve(app, worker=True, gateway=True))
+    finally:
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+__all__ = ["Engine", "load_app", "main"]

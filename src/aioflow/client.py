@@ -1,0 +1,141 @@
+"""The Python client: start runs and get their results, straight through Redis."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .app import connect
+from .engine import Engine, translate
+from .errors import ConfigError
+from .keys import RunId
+from .model import Flow
+from .settings import Settings
+from .status import RunState, Status
+
+
+def _name(flow: str | Flow) -> str:
+    return flow.name if isinstance(flow, Flow) else flow
+
+
+class Client:
+    """``async with aioflow.Client("redis://...") as client:`` — runs flows.
+
+    Pass a URL or an existing ``redis`` client (which the client will not close).
+    Raises :class:`~aioflow.UnknownFlow` for a flow no worker or gateway has
+    registered, :class:`~aioflow.RunFailed` / :class:`~aioflow.RunStopped` for
+    runs that did not complete, :class:`~aioflow.RedisUnavailable` when Redis
+    cannot be reached.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        redis: Redis | None = None,
+        result_ttl: float | None = None,
+    ) -> None:
+        if redis is None:
+            url = redis_url or Settings.from_env().redis_url
+            if not url:
+                raise ConfigError("Client needs a redis_url (or AIOFLOW_REDIS_URL)")
+            redis = connect(url)
+            self._owned = True
+        else:
+            self._owned = False
+        self.redis = redis
+        self.engine = Engine(redis, result_ttl=result_ttl or Settings.from_env().result_ttl)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.engine.close()
+        if self._owned:
+            await self.redis.aclose()
+
+    async def submit(
+        self,
+        flow: str | Flow,
+        data: Any = None,
+        *,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+        delay: float | None = None,
+    ) -> str:
+        """Start a run and return its id without waiting. ``run_id`` names the run
+        (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
+        second run starts. ``options`` become ``ctx.options``; ``delay`` defers
+        the start by that many seconds."""
+        async with translate():
+            rid, _ = await self.engine.submit(
+                _name(flow), data, run_id=run_id, options=options, delay=delay
+            )
+            return str(rid)
+
+    async def execute(
+        self,
+        flow: str | Flow,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+    ) -> Any:
+        """Start a run and return its result. Raises RunFailed, RunStopped, or
+        ResultTimeout after ``timeout`` seconds (the run goes on)."""
+        async with translate():
+            rid, outcome = await self.engine.execute(
+                _name(flow), data, timeout=timeout, run_id=run_id, options=options
+            )
+            return self.engine.unwrap(rid, outcome)
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for a run's result (forever when ``timeout`` is None)."""
+        async with translate():
+            return self.engine.unwrap(run_id, await self.engine.wait(run_id, timeout))
+
+    async def state(self, run_id: str) -> RunState:
+        """The run's status, per-vertex status, result or error."""
+        async with translate():
+            return await self.engine.state(run_id)
+
+    async def pause(self, run_id: str) -> Status:
+        """Start no new vertex of the run until :meth:`resume`; running ones finish."""
+        async with translate():
+            return await self.engine.control(run_id, "pause")
+
+    async def resume(self, run_id: str) -> Status:
+        """Continue a paused run where it stood."""
+        async with translate():
+            return await self.engine.control(run_id, "resume")
+
+    async def stop(self, run_id: str) -> Status:
+        """End the run ``stopped``: cancel its running nodes, start nothing more."""
+        async with translate():
+            return await self.engine.control(run_id, "stop")
+
+    async def runs(
+        self,
+        flow: str | Flow,
+        *,
+        status: Status | str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[RunState], str | None]:
+        """A page of the flow's runs, newest first, and the cursor of the next page."""
+        async with translate():
+            return await self.engine.runs(_name(flow), status=status, limit=limit, cursor=cursor)
+
+
+__all__ = ["Client", "RunId"]

@@ -1,0 +1,71 @@
+"""What a node function sees of its run: :class:`Context` and the per-run store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import codec
+
+
+class RunStore:
+    """A key/value store private to one run; it expires with the run."""
+
+    __slots__ = ("_key", "_redis")
+
+    def __init__(self, redis: Redis, run_key: str) -> None:
+        self._redis = redis
+        self._key = run_key
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default``."""
+        raw = await self._redis.hget(self._key, f"kv:{key}")  # type: ignore[misc]
+        return default if raw is None else codec.decode(raw)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` (bytes or anything JSON-serialisable) under ``key``."""
+        await self._redis.hset(self._key, f"kv:{key}", codec.encode(value))  # type: ignore[misc]
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error if it is absent."""
+        await self._redis.hdel(self._key, f"kv:{key}")  # type: ignore[misc]
+
+
+class Context:
+    """Passed as the second argument to node functions that take two parameters.
+
+    - ``run_id``: the run's id; ``flow``: the flow name;
+    - ``vertex``: the vertex address (``name``, or ``group[key]/name`` inside a
+      subdag, branch or foreach);
+    - ``attempt``: 1 on the first execution, counting retries and redeliveries;
+    - ``options``: the request's query parameters, ``dict[str, list[str]]``;
+    - ``store``: a :class:`RunStore` shared by the run's vertices;
+    - ``log``: a logger that prefixes the run id and vertex.
+    """
+
+    __slots__ = ("attempt", "flow", "log", "options", "run_id", "store", "vertex")
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        flow: str,
+        vertex: str,
+        attempt: int,
+        options: dict[str, list[str]],
+        store: RunStore,
+    ) -> None:
+        self.run_id = run_id
+        self.flow = flow
+        self.vertex = vertex
+        self.attempt = attempt
+        self.options = options
+        self.store = store
+        self.log = logging.LoggerAdapter(
+            logging.getLogger("aioflow.node"), {"run_id": run_id, "vertex": vertex}
+        )
+
+    def __repr__(self) -> str:
+        return f"Context(run_id={self.run_id!r}, vertex={self.vertex!r}, attempt={self.attempt})"

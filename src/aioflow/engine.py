@@ -1,0 +1,407 @@
+"""What the client and the gateway share: submitting runs, waiting for them,
+reading their state, steering them. Workers never need this module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import codec, keys
+from .errors import (
+    InvalidTransition,
+    RedisUnavailable,
+    ResultTimeout,
+    RunFailed,
+    RunNotFound,
+    RunStopped,
+    UnknownFlow,
+)
+from .keys import RunId
+from .model import Flow
+from .plan import compile_dag
+from .scripts import SCRIPTS
+from .status import RunState, Status, parse_state
+
+log = logging.getLogger("aioflow")
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@contextlib.asynccontextmanager
+async def translate() -> AsyncIterator[None]:
+    """Turn Redis connection errors into :class:`RedisUnavailable` at the boundary."""
+    try:
+        yield
+    except REDIS_ERRORS as e:
+        raise RedisUnavailable(f"Redis is unavailable: {e}") from e
+
+
+@dataclass(frozen=True)
+class FlowInfo:
+    name: str
+    partitions: int
+    entries: tuple[str, ...]
+    definition: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: its status and the stored result (completed) or error JSON (failed)."""
+
+    status: Status
+    payload: bytes
+
+
+async def register(redis: Redis, flows: Iterable[Flow]) -> None:
+    """Record the flows' definitions in Redis and create their streams' consumer groups."""
+    for flow in flows:
+        plan = compile_dag(flow)
+        doc = {
+            "name": flow.name,
+            "partitions": flow.partitions,
+            "entries": list(plan.entries),
+            "definition": flow.describe(),
+        }
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.FLOWS, flow.name, codec.dumps(doc))
+            for p in range(flow.partitions):
+                pipe.xgroup_create(keys.stream(flow.name, p), keys.GROUP, id="0", mkstream=True)
+            for res in await pipe.execute(raise_on_error=False):
+                if isinstance(res, ResponseError) and "BUSYGROUP" not in str(res):
+                    raise res
+
+
+class Waiter:
+    """Waits for runs to finish with no lost wake-up.
+
+    One pub/sub connection subscribes to each partition's ``done`` channel once;
+    a waiter registers its future *after* the subscription is confirmed and
+    *before* it checks the run's status, so a completion can land in neither gap.
+    After a reconnect every pending wait is checked again.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._ps = redis.pubsub()
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._seen: dict[str, int] = {}
+        self._waits: dict[tuple[str, str], list[asyncio.Future[Outcome]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
+                await self._task
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._ps.aclose()
+
+    async def subscribe(self, channel: str) -> None:
+        fut = self._confirmed.get(channel)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._confirmed[channel] = fut
+            try:
+                await self._ps.subscribe(channel)
+            except BaseException:
+                del self._confirmed[channel]
+                raise
+            if self._task is None:
+                self._task = asyncio.create_task(self._read(), name="aioflow-waiter")
+        await asyncio.shield(fut)
+
+    def register(self, rid: RunId) -> asyncio.Future[Outcome]:
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waits.setdefault((keys.done_channel(rid.flow, rid.partition), rid.key), []).append(
+            fut
+        )
+        return fut
+
+    def unregister(self, rid: RunId, fut: asyncio.Future[Outcome]) -> None:
+        k = (keys.done_channel(rid.flow, rid.partition), rid.key)
+        futs = self._waits.get(k)
+        if futs is not None:
+            with contextlib.suppress(ValueError):
+                futs.remove(fut)
+            if not futs:
+                del self._waits[k]
+
+    def _resolve(self, channel: str, key: str, outcome: Outcome) -> None:
+        for fut in self._waits.pop((channel, key), []):
+            if not fut.done():
+                fut.set_result(outcome)
+
+    async def _read(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            try:
+                msg = await self._ps.get_message(timeout=1.0)
+                backoff = 0.05
+            except REDIS_ERRORS:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if msg is None:
+                continue
+            kind = msg["type"]
+            channel = msg["channel"].decode()
+            if kind == "subscribe":
+                fut = self._confirmed.get(channel)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                self._seen[channel] = self._seen.get(channel, 0) + 1
+                if self._seen[channel] > 1:  # a re-subscription after a reconnect
+                    asyncio.create_task(self._recheck(channel))
+            elif kind == "message":
+                key, status, payload = msg["data"].split(b"\n", 2)
+                self._resolve(channel, key.decode(), Outcome(Status(status.decode()), payload))
+
+    async def _recheck(self, channel: str) -> None:
+        for ch, key in list(self._waits):
+            if ch != channel:
+                continue
+            flow, part = ch[4:].split("}")[0].split(":")
+            with contextlib.suppress(*REDIS_ERRORS):
+                outcome = await fetch_outcome(self._redis, RunId(flow, int(part), key))
+                if outcome is not None:
+                    self._resolve(ch, key, outcome)
+
+
+async def fetch_outcome(redis: Redis, rid: RunId) -> Outcome | None:
+    """The outcome of a finished run, None while it runs; raises RunNotFound."""
+    status, result, err = await redis.hmget(rid.run, ["status", "result", "err"])  # type: ignore[misc]
+    if status is None:
+        raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
+    st = Status(status.decode())
+    if not st.finished:
+        return None
+    return Outcome(st, result if st is Status.COMPLETED else (err or b""))
+
+
+class Engine:
+    """Submit, wait for, inspect and steer runs on one Redis.
+
+    ``clock`` returns seconds since the epoch; it is the one source of time, so
+    tests can control it.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        result_ttl: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.result_ttl = result_ttl
+        self.clock = clock
+        self.waiter = Waiter(redis)
+        self._flows: dict[str, FlowInfo] = {}
+
+    async def close(self) -> None:
+        await self.waiter.close()
+
+    async def flow_info(self, name: str) -> FlowInfo:
+        info = self._flows.get(name)
+        if info is None:
+            keys.check_flow_name(name)
+            raw = await self.redis.hget(keys.FLOWS, name)  # type: ignore[misc]
+            if raw is None:
+                raise UnknownFlow(
+                    f"unknown flow {name!r}: no worker or gateway serving it has registered it"
+                )
+            doc = codec.loads(raw)
+            info = FlowInfo(name, int(doc["partitions"]), tuple(doc["entries"]), doc["definition"])
+            self._flows[name] = info
+        return info
+
+    async def flows(self) -> list[FlowInfo]:
+        raw = await self.redis.hgetall(keys.FLOWS)  # type: ignore[misc]
+        out = []
+        for name, doc in sorted(raw.items()):
+            d = codec.loads(doc)
+            out.append(
+                FlowInfo(name.decode(), d["partitions"], tuple(d["entries"]), d["definition"])
+            )
+        return out
+
+    async def new_run_id(self, flow: str, run_id: str | None = None) -> RunId:
+        info = await self.flow_info(flow)
+        if run_id is None:
+            key = keys.new_key()
+            part = keys.partition_for(key, info.partitions, caller_chosen=False)
+        else:
+            key = keys.check_run_key(run_id)
+            part = keys.partition_for(key, info.partitions, caller_chosen=True)
+        return RunId(flow, part, key)
+
+    async def submit(
+        self,
+        flow: str,
+        data: Any = None,
+        *,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+        delay: float | None = None,
+        rid: RunId | None = None,
+    ) -> tuple[RunId, bool]:
+        """Start a run; answers its id and whether it was created (False: it existed)."""
+        info = await self.flow_info(flow)
+        rid = rid or await self.new_run_id(flow, run_id)
+        now = self.clock()
+        due = int((now + delay) * 1000) if delay else 0
+        created = await SCRIPTS.call(
+            self.redis,
+            "submit",
+            rid.stream,
+            rid.key,
+            repr(now),
+            codec.encode(data),
+            codec.dumps(options or {}),
+            due,
+            len(info.entries),
+            *info.entries,
+        )
+        return rid, bool(created)
+
+    async def execute(
+        self,
+        flow: str,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+    ) -> tuple[RunId, Outcome | None]:
+        rid = await self.new_run_id(flow, run_id)
+        await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
+        fut = self.waiter.register(rid)
+        try:
+            _, created = await self.submit(flow, data, options=options, rid=rid)
+            if not created:
+                outcome = await fetch_outcome(self.redis, rid)
+                if outcome is not None:
+                    return rid, outcome
+            return rid, await self._await(rid, fut, timeout)
+        finally:
+            self.waiter.unregister(rid, fut)
+
+    async def wait(self, run_id: str | RunId, timeout: float | None = None) -> Outcome | None:
+        """The run's outcome once it ends; None if ``timeout`` seconds pass first."""
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
+        fut = self.waiter.register(rid)
+        try:
+            outcome = await fetch_outcome(self.redis, rid)
+            if outcome is not None:
+                return outcome
+            return await self._await(rid, fut, timeout)
+        finally:
+            self.waiter.unregister(rid, fut)
+
+    async def _await(
+        self, rid: RunId, fut: asyncio.Future[Outcome], timeout: float | None
+    ) -> Outcome | None:
+        try:
+            outcome = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        if outcome.status is Status.COMPLETED and not outcome.payload:
+            # too large to travel in the notification: read it
+            outcome = await fetch_outcome(self.redis, rid) or outcome
+        return outcome
+
+    def unwrap(self, rid: RunId | str, outcome: Outcome | None) -> Any:
+        """The result of an outcome, or the exception it stands for."""
+        if outcome is None:
+            raise ResultTimeout(f"run {rid} did not finish in time")
+        if outcome.status is Status.COMPLETED:
+            return codec.decode(outcome.payload)
+        if outcome.status is Status.STOPPED:
+            raise RunStopped(str(rid))
+        err = codec.loads(outcome.payload) if outcome.payload else {}
+        raise RunFailed.from_error(str(rid), err)
+
+    async def state(self, run_id: str | RunId) -> RunState:
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        h = await self.redis.hgetall(rid.run)  # type: ignore[misc]
+        if not h or b"status" not in h:
+            raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
+        return parse_state(str(rid), rid.flow, h)
+
+    async def control(self, run_id: str | RunId, action: str) -> Status:
+        """Pause, resume or stop a run; raises InvalidTransition when not allowed."""
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        res = await SCRIPTS.call(
+            self.redis,
+            "control",
+            rid.stream,
+            rid.key,
+            action,
+            repr(self.clock()),
+            int(self.result_ttl * 1000),
+        )
+        code, status = res[0].decode(), res[1].decode()
+        if code != "ok":
+            if not status:
+                raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
+            raise InvalidTransition(f"cannot {action} run {rid}: it is {status}")
+        if action == "stop":
+            await self.redis.publish(keys.CONTROL, f"stop {rid}")
+        return Status(status)
+
+    async def runs(
+        self,
+        flow: str,
+        *,
+        status: Status | str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[RunState], str | None]:
+        """Runs of a flow, newest first: a page of states and the cursor of the next page."""
+        info = await self.flow_info(flow)
+        want = Status(status) if status else None
+        limit = max(1, min(limit, 500))
+        top = f"({cursor}" if cursor else "+inf"
+        out: list[RunState] = []
+        next_cursor: str | None = None
+        while len(out) < limit:
+            batch: list[tuple[float, RunId]] = []
+            for p in range(info.partitions):
+                idx = f"{keys.tag(flow, p)}:i"
+                rows = await self.redis.zrevrangebyscore(
+                    idx, top, "-inf", start=0, num=limit, withscores=True
+                )
+                batch.extend((score, RunId(flow, p, k.decode())) for k, score in rows)
+            if not batch:
+                next_cursor = None
+                break
+            batch.sort(key=lambda t: t[0], reverse=True)
+            batch = batch[:limit]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, rid in batch:
+                    pipe.hgetall(rid.run)
+                hashes = await pipe.execute()
+            for (score, rid), h in zip(batch, hashes, strict=True):
+                top = f"({score!r}"
+                next_cursor = repr(score)
+                if not h or b"status" not in h:
+                    continue
+                st = parse_state(str(rid), flow, h)
+                if want is None or st.status is want:
+                    out.append(st)
+                    if len(out) == limit:
+                        break
+        return out, next_cursor if len(out) == limit else None

@@ -1,0 +1,260 @@
+"""The HTTP gateway (aiohttp): start runs, show their state, steer them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+
+from . import codec
+from .engine import REDIS_ERRORS, Engine, register
+from .errors import (
+    AioflowError,
+    InvalidRunId,
+    InvalidTransition,
+    RedisUnavailable,
+    RunNotFound,
+    UnknownFlow,
+)
+from .keys import RunId, check_flow_name
+from .model import Flow
+from .settings import Settings
+from .status import Status
+
+log = logging.getLogger("aioflow.gateway")
+
+MAX_WAIT = 300.0
+ENGINE = web.AppKey("engine", Engine)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def _json(doc: Any, status: int = 200, **headers: str) -> web.Response:
+    body = doc if isinstance(doc, bytes) else codec.dumps(doc)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _error(status: int, error: str, detail: str) -> web.Response:
+    return _json({"error": error, "detail": detail}, status)
+
+
+_STATUS: list[tuple[type[AioflowError], int, str]] = [
+    (UnknownFlow, 404, "unknown_flow"),
+    (RunNotFound, 404, "run_not_found"),
+    (InvalidRunId, 400, "invalid_id"),
+    (InvalidTransition, 409, "invalid_transition"),
+    (RedisUnavailable, 503, "redis_unavailable"),
+]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException as e:
+        if e.status >= 400 and e.content_type != "application/json":
+            return _error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        raise
+    except REDIS_ERRORS as e:
+        return _error(503, "redis_unavailable", f"Redis is unavailable: {e}")
+    except AioflowError as e:
+        for cls, status, code in _STATUS:
+            if isinstance(e, cls):
+                return _error(status, code, str(e))
+        log.exception("error handling %s %s", request.method, request.path)
+        return _error(500, "internal", type(e).__name__)
+    except Exception as e:
+        log.exception("error handling %s %s", request.method, request.path)
+        return _error(500, "internal", type(e).__name__)
+
+
+def _engine(request: web.Request) -> Engine:
+    return request.app[ENGINE]
+
+
+def _flow_name(request: web.Request) -> str:
+    return check_flow_name(request.match_info["name"])
+
+
+def _run_id(request: web.Request) -> RunId:
+    return RunId.parse(request.match_info["run_id"], flow=_flow_name(request))
+
+
+def _options(request: web.Request) -> dict[str, list[str]]:
+    opts: dict[str, list[str]] = {}
+    for k, v in request.query.items():
+        opts.setdefault(k, []).append(v)
+    opts.pop("wait", None)
+    return opts
+
+
+def _result_response(stored: bytes, rid: RunId) -> web.Response:
+    headers = {"X-Run-Id": str(rid)}
+    if stored[:1] == b"b":
+        return web.Response(
+            body=stored[1:], content_type="application/octet-stream", headers=headers
+        )
+    return _json(codec.to_json_bytes(stored), **headers)
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    secret = request.app[SETTINGS].hmac_secret
+    if secret:
+        sig = request.headers.get("X-Hub-Signature-256", "")
+        want = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(sig, want):
+            raise web.HTTPUnauthorized(
+                text="missing or wrong X-Hub-Signature-256 (sha256=HMAC of the body)"
+            )
+    if request.content_type == "application/json":
+        if not raw:
+            return None
+        try:
+            return codec.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise web.HTTPBadRequest(text=f"malformed JSON body: {e}") from None
+    return raw
+
+
+async def start_run(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    name = _flow_name(request)
+    data = await _body(request)
+    wait_raw = request.query.get("wait")
+    wait: float | None = None
+    if wait_raw is not None:
+        try:
+            wait = min(max(float(wait_raw), 0.0), MAX_WAIT)
+        except ValueError:
+            raise web.HTTPBadRequest(text=f"wait must be a number of seconds, got {wait_raw!r}")
+    run_key = request.headers.get("X-Run-Id")
+    options = _options(request)
+    if wait is None:
+        rid, _ = await engine.submit(name, data, run_id=run_key, options=options)
+        return _json({"run_id": str(rid)}, 202, **{"X-Run-Id": str(rid)})
+    rid, outcome = await engine.execute(name, data, timeout=wait, run_id=run_key, options=options)
+    if outcome is None:
+        return _json({"run_id": str(rid), "status": "running"}, 202, **{"X-Run-Id": str(rid)})
+    if outcome.status is Status.COMPLETED:
+        return _result_response(outcome.payload, rid)
+    if outcome.status is Status.STOPPED:
+        return _json(
+            {"error": "run_stopped", "detail": f"run {rid} was stopped", "run_id": str(rid)}, 409
+        )
+    err = codec.loads(outcome.payload) if outcome.payload else {}
+    return _json(
+        {
+            "error": "run_failed",
+            "detail": f"run {rid} failed at vertex {err.get('vertex')!r}: "
+            f"{err.get('type')}: {err.get('message')}",
+            "run_id": str(rid),
+            **err,
+        },
+        500,
+        **{"X-Run-Id": str(rid)},
+    )
+
+
+async def run_state(request: web.Request) -> web.Response:
+    state = await _engine(request).state(_run_id(request))
+    return _json(state.to_json())
+
+
+async def run_control(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in ("pause", "resume", "stop"):
+        raise web.HTTPNotFound(text=f"unknown action {action!r}")
+    rid = _run_id(request)
+    status = await _engine(request).control(rid, action)
+    return _json({"run_id": str(rid), "status": status.value})
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    name = _flow_name(request)
+    q = request.query
+    try:
+        status = Status(q["status"]) if q.get("status") else None
+        limit = int(q.get("limit", "20"))
+        cursor = q.get("cursor") or None
+        if cursor is not None:
+            float(cursor)
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=str(e)) from None
+    runs, nxt = await _engine(request).runs(name, status=status, limit=limit, cursor=cursor)
+    return _json(
+        {
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "status": r.status.value,
+                    "created": r.created,
+                    "ended": r.ended,
+                }
+                for r in runs
+            ],
+            "next_cursor": nxt,
+        }
+    )
+
+
+async def flow_definition(request: web.Request) -> web.Response:
+    info = await _engine(request).flow_info(_flow_name(request))
+    return _json(info.definition)
+
+
+async def list_flows(request: web.Request) -> web.Response:
+    flows = await _engine(request).flows()
+    return _json({"flows": [{"name": f.name, "partitions": f.partitions} for f in flows]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await _engine(request).redis.ping()
+    except REDIS_ERRORS as e:
+        return _json({"ok": False, "redis": False, "detail": str(e)}, 503)
+    return _json({"ok": True, "redis": True})
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    html = (resources.files("aioflow") / "static" / "dashboard.html").read_bytes()
+    return web.Response(body=html, content_type="text/html")
+
+
+def create_app(
+    redis: Redis,
+    *,
+    flows: list[Flow] | None = None,
+    settings: Settings | None = None,
+) -> web.Application:
+    """The gateway as an aiohttp application. ``flows`` are registered at startup
+    (definitions become visible to clients); ``redis`` is not closed by the app."""
+    settings = settings or Settings()
+    app = web.Application(client_max_size=settings.max_body, middlewares=[errors])
+    engine = Engine(redis, result_ttl=settings.result_ttl)
+    app[ENGINE] = engine
+    app[SETTINGS] = settings
+
+    async def on_startup(_: web.Application) -> None:
+        if flows:
+            await register(redis, flows)
+
+    async def on_cleanup(_: web.Application) -> None:
+        await engine.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/flows", list_flows)
+    app.router.add_get("/flow/{name}", flow_definition)
+    app.router.add_post("/flow/{name}", start_run)
+    app.router.add_get("/flow/{name}/runs", list_runs)
+    app.router.add_get("/flow/{name}/run/{run_id}", run_state)
+    app.router.add_post("/flow/{name}/run/{run_id}/{action}", run_control)
+    return app

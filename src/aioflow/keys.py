@@ -1,0 +1,118 @@
+"""The Redis key schema and run ids.
+
+Every key of a run shares the hash tag ``{flow:partition}`` with the stream its
+vertices travel on, so each script touches one Cluster slot::
+
+    af:flows                       hash  flow name -> definition JSON (registration)
+    af:{flow:p}:q                  stream of vertex messages, consumer group "workers"
+    af:{flow:p}:r:<key>            hash  one run: status, input, outputs, counters, store
+    af:{flow:p}:p:<key>            list  a paused run's parked vertex messages
+    af:{flow:p}:z                  zset  delayed messages (retries, delayed starts) by due time
+    af:{flow:p}:i                  zset  run index: key -> created time (listing)
+    af:{flow:p}:dlq                stream dead letters
+    af:{flow:p}:done               pub/sub channel: "<key>\\n<status>\\n<payload>"
+    af:ctl                         pub/sub channel: control (stop) messages for workers
+
+A run id is ``<flow>.<partition>.<key>``: it names its flow and partition.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass
+
+from .errors import InvalidRunId
+from .model import FLOW_NAME_RE
+
+GROUP = "workers"
+FLOWS = "af:flows"
+CONTROL = "af:ctl"
+RUN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_flow_name(name: str) -> str:
+    if not isinstance(name, str) or not FLOW_NAME_RE.match(name):
+        raise InvalidRunId(f"invalid flow name {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class RunId:
+    flow: str
+    partition: int
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.flow}.{self.partition}.{self.key}"
+
+    @property
+    def tag(self) -> str:
+        return tag(self.flow, self.partition)
+
+    @property
+    def run(self) -> str:
+        return f"{self.tag}:r:{self.key}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}:q"
+
+    @property
+    def parked(self) -> str:
+        return f"{self.tag}:p:{self.key}"
+
+    @classmethod
+    def parse(cls, run_id: str, flow: str | None = None) -> RunId:
+        """Parse and validate a run id; raises :class:`InvalidRunId`."""
+        if not isinstance(run_id, str):
+            raise InvalidRunId(f"invalid run id {run_id!r}")
+        parts = run_id.split(".")
+        if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 4:
+            raise InvalidRunId(f"invalid run id {run_id!r}: expected <flow>.<partition>.<key>")
+        name, part, key = parts
+        if not FLOW_NAME_RE.match(name) or not RUN_KEY_RE.match(key):
+            raise InvalidRunId(f"invalid run id {run_id!r}")
+        if flow is not None and name != flow:
+            raise InvalidRunId(f"run id {run_id!r} does not belong to flow {flow!r}")
+        return cls(name, int(part), key)
+
+
+def tag(flow: str, partition: int) -> str:
+    return f"af:{{{flow}:{partition}}}"
+
+
+def stream(flow: str, partition: int) -> str:
+    return f"{tag(flow, partition)}:q"
+
+
+def done_channel(flow: str, partition: int) -> str:
+    return f"{tag(flow, partition)}:done"
+
+
+def new_key() -> str:
+    """A fresh run key: 12 hex digits of milliseconds, then 10 random hex digits,
+    so keys sort by creation time."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(5).hex()}"
+
+
+_counter = 0
+
+
+def partition_for(key: str, partitions: int, *, caller_chosen: bool) -> int:
+    """A caller-chosen key always maps to the same partition; fresh keys spread round-robin."""
+    global _counter
+    if partitions == 1:
+        return 0
+    if caller_chosen:
+        return zlib.crc32(key.encode()) % partitions
+    _counter += 1
+    return _counter % partitions
+
+
+def check_run_key(key: str) -> str:
+    if not isinstance(key, str) or not RUN_KEY_RE.match(key):
+        raise InvalidRunId(f"invalid run id {key!r}: use 1-64 characters of [A-Za-z0-9_-]")
+    return key

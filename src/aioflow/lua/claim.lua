@@ -1,0 +1,58 @@
+-- Start a batch of delivered messages. ARGV: consumer, now, max_deliveries, ttl, then
+-- per message: id uid addr kind marker check nfetch field...
+-- Answers per message: {'go', attempt, fetched...} | {'drop'} | {'dup'} | {'park'} | {'dead'}
+local consumer, now, maxdel, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local out = {}
+local i = 5
+while i <= #ARGV do
+  local id, uid, addr, kind, marker, check = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local n = tonumber(ARGV[i+6])
+  local base = i + 6
+  i = base + n + 1
+  local run = runkey(uid)
+  local res = nil
+  if kind == '?' then
+    dead_letter(id, uid, addr, kind, 'undecodable message', 0, now, ttl)
+    res = {'dead'}
+  else
+    local status = redis.call('HGET', run, 'status')
+    if (not status) or TERMINAL[status] then
+      redis.call('XACK', q, GROUP, id)
+      res = {'drop'}
+    elseif redis.call('HEXISTS', run, marker) == 1 then
+      redis.call('XACK', q, GROUP, id)
+      res = {'dup'}
+    elseif status == 'paused' then
+      local e = redis.call('XRANGE', q, id, id)
+      local data = ''
+      if e[1] then data = fields_to_map(e[1][2])['d'] or '' end
+      enqueue(run, uid, status, addr, kind, data)
+      redis.call('XACK', q, GROUP, id)
+      res = {'park'}
+    else
+      if check == '1' and maxdel > 0 then
+        local p = redis.call('XPENDING', q, GROUP, id, id, 1)
+        if p[1] and tonumber(p[1][4]) > maxdel then
+          dead_letter(id, uid, addr, kind,
+            'delivered ' .. p[1][4] .. ' times (max_deliveries=' .. maxdel ..
+            '): the worker running it died or stalled each time', tonumber(p[1][4]), now, ttl)
+          res = {'dead'}
+        end
+      end
+      if not res then
+        if status == 'pending' then
+          redis.call('HSET', run, 'status', 'running', 'started', now)
+        end
+        redis.call('HSET', run, 's:' .. addr, 'running')
+        local attempt = redis.call('HINCRBY', run, 'a:' .. addr, 1)
+        res = {'go', attempt}
+        if n > 0 then
+          local vals = redis.call('HMGET', run, unpack(ARGV, base + 1, base + n))
+          for j = 1, n do res[j + 2] = vals[j] end
+        end
+      end
+    end
+  end
+  out[#out + 1] = res
+end
+return out

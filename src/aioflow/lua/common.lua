@@ -1,0 +1,63 @@
+-- Shared prelude: KEYS[1] is the stream af:{flow:p}:q; every other key is derived
+-- from its prefix and so lives in the same Cluster slot.
+local q = KEYS[1]
+local pre = string.sub(q, 1, -3)
+local GROUP = 'workers'
+local TERMINAL = {completed = true, failed = true, stopped = true}
+
+local function runkey(uid) return pre .. ':r:' .. uid end
+
+local function xadd(uid, addr, kind, data)
+  local f = {'r', uid, 'a', addr}
+  if kind ~= 'n' and kind ~= '' then f[#f + 1] = 'k'; f[#f + 1] = kind end
+  if data ~= '' then f[#f + 1] = 'd'; f[#f + 1] = data end
+  redis.call('XADD', q, '*', unpack(f))
+end
+
+-- Enqueue a vertex message, or park it when the run is paused.
+local function enqueue(run, uid, status, addr, kind, data)
+  if status == 'paused' then
+    redis.call('RPUSH', pre .. ':p:' .. uid, cmsgpack.pack({addr, kind, data}))
+    redis.call('HSET', run, 's:' .. addr, 'parked')
+  else
+    xadd(uid, addr, kind, data)
+  end
+end
+
+-- End a run: status completed|failed|stopped, store the result or error, expire
+-- every key of the run and wake up whoever waits for it.
+local function finish(run, uid, status, field, value, now, ttl)
+  redis.call('HSET', run, 'status', status, 'ended', now)
+  if field ~= '' then redis.call('HSET', run, field, value) end
+  redis.call('PEXPIRE', run, ttl)
+  redis.call('DEL', pre .. ':p:' .. uid)
+  local payload = value
+  if #payload > 65536 then payload = '' end
+  redis.call('PUBLISH', pre .. ':done', uid .. '\n' .. status .. '\n' .. payload)
+end
+
+local function fields_to_map(flat)
+  local m = {}
+  for j = 1, #flat, 2 do m[flat[j]] = flat[j + 1] end
+  return m
+end
+
+-- Move a message to the dead-letter stream and fail its run, in one step.
+local function dead_letter(id, uid, addr, kind, reason, deliveries, now, ttl)
+  local e = redis.call('XRANGE', q, id, id)
+  local data = ''
+  if e[1] then data = fields_to_map(e[1][2])['d'] or '' end
+  redis.call('XADD', pre .. ':dlq', 'MAXLEN', '~', '10000', '*', 'id', id, 'r', uid, 'a', addr,
+    'k', kind, 'd', data, 'reason', reason, 'deliveries', tostring(deliveries), 'at', now)
+  redis.call('XACK', q, GROUP, id)
+  if uid ~= '' then
+    local run = runkey(uid)
+    local status = redis.call('HGET', run, 'status')
+    if status and not TERMINAL[status] then
+      local err = cjson.encode({vertex = addr, type = 'DeadLetter', message = reason,
+        traceback = '', attempts = deliveries})
+      redis.call('HSET', run, 's:' .. addr, 'failed')
+      finish(run, uid, 'failed', 'err', err, now, ttl)
+    end
+  end
+end

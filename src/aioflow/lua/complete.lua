@@ -1,0 +1,69 @@
+-- Apply a batch of vertex completions atomically. ARGV: consumer, now, ttl, then per
+-- completion: id uid marker mode value vaddr vstatus nops, then nops x (op a b c).
+-- mode 'c' stores value under marker (the vertex is done); mode 'r' only checks it.
+-- ops: E addr kind data   enqueue
+--      J addr kind indeg  count a parent in; enqueue when all are in
+--      G group            count a scope of the group done; enqueue its close when all are
+--      F                  the run completed with value
+--      X err              the run failed with err (JSON)
+--      S field value      set a field of the run
+--      D due member       delay: add a message to the delayed set
+-- Answers per completion: 'ok' | 'dup' | 'fenced'
+local consumer, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local ACTIVE = {running = true, pending = true, paused = true}
+
+local function apply(i)
+  local id, uid, marker, mode, value = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  local vaddr, vstatus = ARGV[i+5], ARGV[i+6]
+  local nops = tonumber(ARGV[i+7])
+  local run = runkey(uid)
+  if id ~= '' then
+    local p = redis.call('XPENDING', q, GROUP, id, id, 1)
+    if (not p[1]) or p[1][2] ~= consumer then return 'fenced' end
+  end
+  if marker ~= '' and redis.call('HEXISTS', run, marker) == 1 then
+    if id ~= '' then redis.call('XACK', q, GROUP, id) end
+    return 'dup'
+  end
+  local status = redis.call('HGET', run, 'status')
+  if mode == 'c' and status then redis.call('HSET', run, marker, value) end
+  if vaddr ~= '' and status then redis.call('HSET', run, 's:' .. vaddr, vstatus) end
+  local active = status and ACTIVE[status]
+  for j = i + 8, i + 7 + nops * 4, 4 do
+    local op, a, b, c = ARGV[j], ARGV[j+1], ARGV[j+2], ARGV[j+3]
+    if op == 'S' then
+      if status then redis.call('HSET', run, a, b) end
+    elseif active then
+      if op == 'E' then
+        enqueue(run, uid, status, a, b, c)
+      elseif op == 'J' then
+        if redis.call('HINCRBY', run, 'n:' .. a, 1) == tonumber(c) then
+          enqueue(run, uid, status, a, b, '')
+        end
+      elseif op == 'G' then
+        local done = redis.call('HINCRBY', run, 'gc:' .. a, 1)
+        if done == tonumber(redis.call('HGET', run, 'gn:' .. a)) then
+          enqueue(run, uid, status, a, 'c', '')
+        end
+      elseif op == 'F' then
+        finish(run, uid, 'completed', 'result', value, now, ttl)
+        active = false
+      elseif op == 'X' then
+        finish(run, uid, 'failed', 'err', a, now, ttl)
+        active = false
+      elseif op == 'D' then
+        redis.call('ZADD', pre .. ':z', a, b)
+      end
+    end
+  end
+  if id ~= '' then redis.call('XACK', q, GROUP, id) end
+  return 'ok'
+end
+
+local out = {}
+local i = 4
+while i <= #ARGV do
+  out[#out + 1] = apply(i)
+  i = i + 8 + tonumber(ARGV[i + 7]) * 4
+end
+return out

@@ -1,0 +1,398 @@
+"""The graph model: :class:`Dag`, :class:`Flow` and their validation.
+
+A dag is built incrementally (decorators, ``node``/``edge`` calls, embedded
+sub-graphs); each call validates what it adds and raises
+:class:`~aioflow.DefinitionError` naming the culprit. Whole-graph checks that
+need the finished graph (an empty graph, an empty branch) run when the dag is
+compiled into a :class:`~aioflow.plan.Plan`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias, TypeVar, overload
+
+from .errors import DefinitionError
+from .policy import RetryPolicy
+
+__all__ = ["Dag", "Edge", "Flow", "Vertex"]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+FLOW_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+NodeFn: TypeAlias = Callable[..., Any]
+Ref: TypeAlias = "str | Callable[..., Any]"
+After: TypeAlias = "Ref | Iterable[Ref] | None"
+Kind = Literal["node", "subdag", "branch", "foreach"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+ChooseFn: TypeAlias = Callable[[Any], "Iterable[str] | Awaitable[Iterable[str]]"]
+SplitFn: TypeAlias = Callable[[Any], "Mapping[Any, Any] | Awaitable[Mapping[Any, Any]]"]
+
+
+@dataclass(eq=False)
+class Vertex:
+    """One vertex of a dag (read-only for users; build with :class:`Dag` methods)."""
+
+    name: str
+    kind: Kind
+    fn: NodeFn | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    aggregate: Callable[[Any], Any] | None = None
+    on_failure: Callable[..., Any] | None = None
+    dag: Dag | None = None
+    branches: dict[str, Dag] = field(default_factory=dict)
+    choose: ChooseFn | None = None
+    split: SplitFn | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Edge:
+    """``src`` runs before ``dst``; ``data=False`` orders without passing the value,
+    ``forward`` transforms the value on its way along this edge."""
+
+    src: str
+    dst: str
+    data: bool = True
+    forward: Callable[[Any], Any] | None = None
+
+
+def check_name(name: object, what: str = "vertex") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise DefinitionError(
+            f"invalid {what} name {name!r}: use 1-64 characters of letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Dag:
+    """A reusable graph of vertices. Embed it in a flow with :meth:`subdag`."""
+
+    def __init__(self) -> None:
+        self.vertices: dict[str, Vertex] = {}
+        self.edges: list[Edge] = []
+        self._by_fn: dict[int, list[str]] = {}
+        self._plan: Any = None
+
+    def _label(self) -> str:
+        return "dag"
+
+    # -- references ---------------------------------------------------------------
+
+    def _resolve(self, ref: Any, role: str) -> str:
+        if isinstance(ref, str):
+            if ref not in self.vertices:
+                raise DefinitionError(
+                    f"{self._label()}: unknown vertex {ref!r} in {role}; "
+                    f"known: {sorted(self.vertices) or 'none'}"
+                )
+            return ref
+        if callable(ref):
+            names = self._by_fn.get(id(ref), [])
+            fname = getattr(ref, "__name__", repr(ref))
+            if not names:
+                raise DefinitionError(
+                    f"{self._label()}: function {fname!r} in {role} is not a vertex of this dag"
+                )
+            if len(names) > 1:
+                raise DefinitionError(
+                    f"{self._label()}: function {fname!r} in {role} is ambiguous: it is used by "
+                    f"vertices {names}; refer to the vertex by name"
+                )
+            return names[0]
+        raise DefinitionError(
+            f"{self._label()}: {ref!r} in {role} is not a vertex name or function"
+        )
+
+    def _refs(self, after: Any, role: str) -> list[str]:
+        if after is None:
+            return []
+        if isinstance(after, str) or callable(after):
+            return [self._resolve(after, role)]
+        return [self._resolve(a, role) for a in after]
+
+    def _add(self, vertex: Vertex, after: Any) -> None:
+        check_name(vertex.name)
+        if vertex.name in self.vertices:
+            raise DefinitionError(f"{self._label()}: duplicate vertex name {vertex.name!r}")
+        parents = self._refs(after, f"after= of {vertex.name!r}")
+        self.vertices[vertex.name] = vertex
+        self._plan = None
+        if vertex.fn is not None:
+            self._by_fn.setdefault(id(vertex.fn), []).append(vertex.name)
+        for p in parents:
+            self.edge(p, vertex.name)
+
+    # -- building -----------------------------------------------------------------
+
+    @overload
+    def node(self, name: F, /) -> F: ...
+
+    @overload
+    def node(
+        self,
+        name: str | None = None,
+        fn: None = None,
+        /,
+        *,
+        after: After = None,
+        retries: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        aggregate: Callable[[Any], Any] | None = None,
+        on_failure: Callable[..., Any] | None = None,
+    ) -> Callable[[F], F]: ...
+
+    @overload
+    def node(
+        self,
+        name: str,
+        fn: F,
+        /,
+        *,
+        after: After = None,
+        retries: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        aggregate: Callable[[Any], Any] | None = None,
+        on_failure: Callable[..., Any] | None = None,
+    ) -> F: ...
+
+    def node(
+        self,
+        name: Any = None,
+        fn: Any = None,
+        /,
+        *,
+        after: After = None,
+        retries: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        aggregate: Callable[[Any], Any] | None = None,
+        on_failure: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Add a node vertex running ``fn(data)`` or ``fn(data, ctx)``.
+
+        Use it as ``@dag.node``, ``@dag.node(after=..., retries=..., timeout=...)``,
+        ``@dag.node("name", ...)`` or ``dag.node("name", fn, after=...)``. The vertex
+        is named after the function unless a name is given. ``after`` names the
+        parents (names or node functions). ``retries`` is a count or a
+        :class:`RetryPolicy`; ``timeout`` is in seconds per attempt.
+        ``aggregate(values)`` receives ``{parent: value}`` and returns the node's
+        input. ``on_failure(error, data, ctx)`` may return a value that replaces
+        the failed output (raise to let the vertex fail). Returns ``fn`` unchanged.
+        """
+        if callable(name) and fn is None:
+            return self._node(name.__name__, name, after, retries, timeout, aggregate, on_failure)
+        if fn is not None:
+            if not callable(fn):
+                raise DefinitionError(
+                    f"{self._label()}: node {name!r} needs a callable, got {fn!r}"
+                )
+            return self._node(name, fn, after, retries, timeout, aggregate, on_failure)
+
+        def decorator(f: F) -> F:
+            if not callable(f):
+                raise DefinitionError(f"{self._label()}: @node needs a function, got {f!r}")
+            return self._node(
+                name if name is not None else f.__name__,
+                f,
+                after,
+                retries,
+                timeout,
+                aggregate,
+                on_failure,
+            )
+
+        return decorator
+
+    def _node(
+        self,
+        name: str,
+        fn: F,
+        after: After,
+        retries: int | RetryPolicy | None,
+        timeout: float | None,
+        aggregate: Callable[[Any], Any] | None,
+        on_failure: Callable[..., Any] | None,
+    ) -> F:
+        if isinstance(retries, RetryPolicy):
+            retry = retries
+        elif retries is None:
+            retry = RetryPolicy()
+        elif isinstance(retries, int) and not isinstance(retries, bool):
+            retry = RetryPolicy(retries=retries)
+        else:
+            raise DefinitionError(f"node {name!r}: retries must be an int or a RetryPolicy")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise DefinitionError(f"node {name!r}: timeout must be a positive number of seconds")
+        self._add(
+            Vertex(
+                name,
+                "node",
+                fn=fn,
+                retry=retry,
+                timeout=float(timeout) if timeout is not None else None,
+                aggregate=aggregate,
+                on_failure=on_failure,
+            ),
+            after,
+        )
+        return fn
+
+    def edge(
+        self,
+        src: Ref,
+        dst: Ref,
+        *,
+        data: bool = True,
+        forward: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """Make ``dst`` wait for ``src``. ``data=False`` passes no value along the
+        edge; ``forward(value)`` transforms the value passed. Raises
+        :class:`DefinitionError` for unknown vertices, duplicates and cycles."""
+        a = self._resolve(src, "edge source")
+        b = self._resolve(dst, "edge target")
+        if forward is not None and not data:
+            raise DefinitionError(f"edge {a!r} -> {b!r}: forward= makes no sense with data=False")
+        if any(e.src == a and e.dst == b for e in self.edges):
+            raise DefinitionError(f"{self._label()}: duplicate edge {a!r} -> {b!r}")
+        path = self._path(b, a)
+        if path is not None:
+            cycle = " -> ".join([a, *path])
+            raise DefinitionError(f"{self._label()}: edge {a!r} -> {b!r} makes a cycle: {cycle}")
+        self.edges.append(Edge(a, b, data=data, forward=forward))
+        self._plan = None
+
+    def _path(self, start: str, goal: str) -> list[str] | None:
+        """A path start -> ... -> goal along existing edges, if any."""
+        children: dict[str, list[str]] = {}
+        for e in self.edges:
+            children.setdefault(e.src, []).append(e.dst)
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        seen: set[str] = set()
+        while stack:
+            v, path = stack.pop()
+            if v == goal:
+                return path
+            if v in seen:
+                continue
+            seen.add(v)
+            for c in children.get(v, []):
+                stack.append((c, [*path, c]))
+        return None
+
+    def subdag(self, name: str, dag: Dag, *, after: After = None) -> str:
+        """Embed ``dag`` as the vertex ``name``: its entries receive this vertex's
+        input, and its output (one exit's value, or ``{exit: value}``) is this
+        vertex's output. The same dag may be embedded any number of times."""
+        if not isinstance(dag, Dag):
+            raise DefinitionError(f"subdag {name!r}: expected a Dag, got {type(dag).__name__}")
+        if dag is self or dag._contains(self):
+            raise DefinitionError(f"subdag {name!r} embeds a dag that contains this one: a cycle")
+        self._add(Vertex(name, "subdag", dag=dag), after)
+        return name
+
+    def branch(
+        self,
+        name: str,
+        choose: ChooseFn,
+        *,
+        conditions: Iterable[str],
+        after: After = None,
+        aggregate: Callable[[Any], Any] | None = None,
+    ) -> dict[str, Dag]:
+        """A conditional branch: ``choose(data)`` (sync or async) returns the
+        conditions to run; each chosen branch's dag runs on this vertex's input,
+        in parallel. The output is ``{condition: result}`` (``{}`` when none is
+        chosen), or ``aggregate`` of it. Returns ``{condition: Dag}`` to fill in."""
+        if not callable(choose):
+            raise DefinitionError(f"branch {name!r}: choose must be a function, got {choose!r}")
+        conds = list(conditions) if conditions is not None else []
+        if not conds:
+            raise DefinitionError(f"branch {name!r} has no conditions")
+        for c in conds:
+            check_name(c, f"condition of branch {name!r}")
+        if len(set(conds)) != len(conds):
+            raise DefinitionError(f"branch {name!r} declares a condition twice: {conds}")
+        branches = {c: Dag() for c in conds}
+        self._add(
+            Vertex(name, "branch", choose=choose, branches=branches, aggregate=aggregate), after
+        )
+        return branches
+
+    def foreach(
+        self,
+        name: str,
+        split: SplitFn | None,
+        *,
+        after: After = None,
+        aggregate: Callable[[Any], Any] | None = None,
+    ) -> Dag:
+        """Run a dag once per item: ``split(data)`` (sync or async) returns
+        ``{key: value}``; the returned dag runs on each value, in parallel across
+        workers. The output is ``{key: result}`` (``{}`` for an empty split), or
+        ``aggregate`` of it. Keys are turned into strings."""
+        if split is None or not callable(split):
+            raise DefinitionError(f"foreach {name!r} needs a split function, got {split!r}")
+        inner = Dag()
+        self._add(Vertex(name, "foreach", split=split, dag=inner, aggregate=aggregate), after)
+        return inner
+
+    def _contains(self, other: Dag, _seen: set[int] | None = None) -> bool:
+        seen = _seen if _seen is not None else set()
+        if id(self) in seen:
+            return False
+        seen.add(id(self))
+        for v in self.vertices.values():
+            for d in [v.dag, *v.branches.values()]:
+                if d is None:
+                    continue
+                if d is other or d._contains(other, seen):
+                    return True
+        return False
+
+    # -- introspection ------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The graph as JSON-able data (vertices, edges, entries, exits, nested dags)."""
+        from .plan import describe
+
+        return describe(self)
+
+
+class Flow(Dag):
+    """A named dag that can be run. ``name`` matches ``^[a-z0-9][a-z0-9_-]{0,63}$``.
+
+    ``partitions`` spreads the flow's runs over that many streams (and Redis
+    Cluster slots). ``on_failure(error, ctx)`` runs once when a run fails;
+    ``finally_(status, ctx)`` once when a run ends, whatever the outcome.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        partitions: int = 1,
+        on_failure: Callable[..., Any] | None = None,
+        finally_: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(name, str) or not FLOW_NAME_RE.match(name):
+            raise DefinitionError(
+                f"invalid flow name {name!r}: use 1-64 characters of lowercase letters, digits, "
+                "'_' or '-', starting with a letter or digit"
+            )
+        if not isinstance(partitions, int) or not 1 <= partitions <= 1024:
+            raise DefinitionError(f"flow {name!r}: partitions must be within 1..1024")
+        self.name = name
+        self.partitions = partitions
+        self.on_failure = on_failure
+        self.finally_ = finally_
+
+    def _label(self) -> str:
+        return f"flow {self.name!r}"
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, vertices={list(self.vertices)})"

@@ -1,0 +1,49 @@
+"""Retry policy: how often and how soon a failed node attempt runs again."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .errors import DefinitionError
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed node attempt is retried.
+
+    ``retries`` is the number of retries after the first attempt (so a node
+    runs at most ``retries + 1`` times). The n-th retry waits
+    ``min(max_delay, backoff * multiplier ** (n - 1))`` seconds, scaled by a
+    random factor in ``[1 - jitter, 1]``. Only exceptions that are instances
+    of ``retry_on`` are retried; any other fails the vertex at once.
+    Retries wait in Redis, not in a worker slot.
+    """
+
+    retries: int = 0
+    backoff: float = 0.1
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+    jitter: float = 0.2
+    retry_on: tuple[type[BaseException], ...] = field(default=(Exception,))
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise DefinitionError(f"retries must be >= 0, got {self.retries}")
+        if self.backoff < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise DefinitionError("backoff and max_delay must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise DefinitionError(f"jitter must be within [0, 1], got {self.jitter}")
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        """Whether attempt number ``attempt`` (1-based) failing with ``error`` is retried."""
+        return attempt <= self.retries and isinstance(error, self.retry_on)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the attempt after attempt number ``attempt``."""
+        base = min(self.max_delay, self.backoff * self.multiplier ** max(0, attempt - 1))
+        factor = 1.0 - self.jitter * (rng or random).random()
+        return base * factor
+
+
+NO_RETRY = RetryPolicy()

@@ -1,0 +1,723 @@
+"""The worker: reads vertex messages in batches, runs node functions as asyncio
+tasks bounded by ``concurrency``, and applies completions in batches.
+
+Per batch of messages it makes one round trip to start them (the ``claim``
+script: status and dedup checks, attempt count, join inputs) and one to finish
+them (the ``complete`` script). Messages are acked only by those scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import codec, keys
+from .context import Context, RunStore
+from .engine import REDIS_ERRORS, register
+from .errors import ConfigError, DefinitionError, NodeTimeout
+from .keys import RunId
+from .model import Flow
+from .plan import Plan, PNode, child_scope, compile_dag, parent_group, resolve
+from .scripts import SCRIPTS
+from .settings import Settings
+
+log = logging.getLogger("aioflow.worker")
+
+EVICTING = {
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+}
+
+
+@dataclass(eq=False, slots=True)
+class Msg:
+    stream: str
+    id: bytes
+    flow: Flow
+    plan: Plan
+    node: PNode
+    scope: str
+    uid: str
+    addr: str
+    kind: str  # "n" run the vertex (or open a group), "c" close a group
+    data: bytes | None
+    attempt: int = 0
+    fetched: list[bytes | None] = field(default_factory=list)
+    wants_ctx: bool = False
+
+    @property
+    def rid(self) -> RunId:
+        return RunId(self.flow.name, int(self.stream.split(":")[-2].rstrip("}")), self.uid)
+
+
+@dataclass(slots=True)
+class _Fn:
+    is_async: bool
+    wants_ctx: bool
+
+
+def _inspect_fn(fn: Callable[..., Any]) -> _Fn:
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n = 1
+    return _Fn(inspect.iscoroutinefunction(fn), n >= 2)
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def check_server(info: dict[str, Any]) -> None:
+    policy = info.get("maxmemory-policy")
+    if policy in EVICTING:
+        raise ConfigError(
+            f"Redis maxmemory-policy is {policy!r}: it may evict run state and lose work. "
+            "Set it to 'noeviction' (CONFIG SET maxmemory-policy noeviction, and in redis.conf)."
+        )
+
+
+class Worker:
+    """Executes the vertices of ``flows`` from Redis until :meth:`stop` is called.
+
+    ``redis`` is the client to use (a blocking connection pool is best); the
+    worker takes one extra connection from it for its blocking reads.
+    ``clock`` is the time source for retry delays and timestamps.
+    """
+
+    def __init__(
+        self,
+        flows: Sequence[Flow],
+        redis: Redis,
+        *,
+        settings: Settings | None = None,
+        name: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.flows = {f.name: f for f in flows}
+        self.plans = {f.name: compile_dag(f) for f in flows}
+        self.redis = redis
+        self.settings = settings or Settings()
+        self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.clock = clock
+        self.streams: dict[str, Flow] = {
+            keys.stream(f.name, p): f for f in flows for p in range(f.partitions)
+        }
+        self._stream_list = list(self.streams)
+        self._rotate = 0
+        self._fns: dict[int, _Fn] = {}
+        self._inflight: dict[bytes, tuple[Msg, asyncio.Task[None]]] = {}
+        self._by_run: dict[tuple[str, str], set[bytes]] = {}
+        self._done: list[tuple[Msg, list[Any]]] = []
+        self._done_event = asyncio.Event()
+        self._slot_event = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._next_due: float = 0.0
+        self._due_event = asyncio.Event()
+        self._threads = ThreadPoolExecutor(
+            max_workers=min(32, self.settings.concurrency), thread_name_prefix="aioflow-node"
+        )
+        self.last_read: float = 0.0
+        self.completed = 0  # vertex completions applied (for tests and metrics)
+        self.fenced = 0
+        self.ttl_ms = int(self.settings.result_ttl * 1000)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Check the server and register the flows (done by :meth:`run` too)."""
+        try:
+            info = await self.redis.config_get("maxmemory-policy")
+        except REDIS_ERRORS:
+            raise
+        except Exception:  # CONFIG may be disabled on managed Redis
+            info = {}
+        check_server(info)
+        await register(self.redis, self.flows.values())
+
+    def stop(self) -> None:
+        """Ask the worker to drain: stop reading, finish or hand back running nodes, return."""
+        self._stopping.set()
+        self._slot_event.set()
+
+    async def run(self) -> None:
+        await self._retrying(self.prepare)
+        reader = self.redis.client()
+        tasks = [
+            asyncio.create_task(self._read_loop(reader), name="aioflow-read"),
+            asyncio.create_task(self._complete_loop(), name="aioflow-complete"),
+            asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
+            asyncio.create_task(self._delayed_loop(), name="aioflow-delayed"),
+            asyncio.create_task(self._control_loop(), name="aioflow-control"),
+        ]
+        try:
+            await self._stopping.wait()
+            await self._drain()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
+                    await t
+            with contextlib.suppress(*REDIS_ERRORS):
+                await reader.aclose()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.grace
+        while self._inflight and time.monotonic() < deadline:
+            self._slot_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_event.wait(), deadline - time.monotonic())
+        left = list(self._inflight.values())
+        if left:
+            log.warning("grace period over: handing back %d running vertices", len(left))
+        for m, task in left:
+            task.cancel()
+        for m, task in left:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # completions already queued, then the hand-backs, until all are applied
+        for m, _ in left:
+            if m.id in self._inflight:
+                self._queue(m, self._handback_ops(m), mode="r", vstatus="")
+        while self._done or self._inflight:
+            await self._flush()
+            if self._done:
+                await asyncio.sleep(0.05)
+
+    async def _retrying(self, fn: Callable[[], Any]) -> Any:
+        backoff = 0.05
+        while True:
+            try:
+                return await fn()
+            except REDIS_ERRORS as e:
+                if self._stopping.is_set():
+                    raise
+                log.warning("Redis unavailable (%s); retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.settings.concurrency - len(self._inflight)
+
+    async def _read_loop(self, reader: Redis) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            free = self._free()
+            if free <= 0:
+                self._slot_event.clear()
+                await self._slot_event.wait()
+                continue
+            n = len(self._stream_list)
+            if free >= n:
+                chosen, count, block = self._stream_list, free // n, 1000
+            else:
+                # COUNT applies per stream: read only as many streams as free slots
+                start = self._rotate % n
+                self._rotate += free
+                chosen = [self._stream_list[(start + i) % n] for i in range(free)]
+                count, block = 1, 10
+            try:
+                resp = await reader.xreadgroup(
+                    keys.GROUP, self.consumer, {s: ">" for s in chosen}, count=count, block=block
+                )
+                backoff = 0.05
+            except REDIS_ERRORS as e:
+                log.warning("read failed (%s); retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self.last_read = time.monotonic()
+            for stream, entries in resp or ():
+                await self._start(stream.decode(), entries, reclaimed=False)
+
+    async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
+        flow = self.streams[stream]
+        plan = self.plans[flow.name]
+        args: list[Any] = [
+            self.consumer,
+            repr(self.clock()),
+            self.settings.max_deliveries,
+            self.ttl_ms,
+        ]
+        msgs: list[Msg | None] = []
+        for entry in entries:
+            if entry is None or entry[1] is None:
+                continue  # deleted from the stream while pending
+            mid, f = entry
+            try:
+                uid = f[b"r"].decode()
+                addr = f[b"a"].decode()
+                kind = f.get(b"k", b"n").decode()
+                rplan, node, scope = resolve(plan, addr)
+                if kind not in ("n", "c") or (
+                    kind == "c" and node.kind not in ("subdag", "branch", "foreach")
+                ):
+                    raise ValueError(kind)
+            except Exception:
+                log.error("undecodable message %s on %s: dead-lettering it", mid, stream)
+                u = f.get(b"r", b"") if isinstance(f, dict) else b""
+                a = f.get(b"a", b"") if isinstance(f, dict) else b""
+                args += [
+                    mid,
+                    u if keys.RUN_KEY_RE.match(u.decode("latin-1")) else b"",
+                    a,
+                    "?",
+                    "",
+                    "0",
+                    0,
+                ]
+                msgs.append(None)
+                continue
+            m = Msg(stream, mid, flow, rplan, node, scope, uid, addr, kind, f.get(b"d"))
+            fetch = self._fetch_fields(m)
+            args += [
+                mid,
+                uid,
+                addr,
+                kind,
+                self._marker(m),
+                "1" if reclaimed else "0",
+                len(fetch),
+                *fetch,
+            ]
+            msgs.append(m)
+        if not msgs:
+            return
+        # messages count against concurrency from the moment they are read
+        placeholders = [m for m in msgs if m is not None]
+        try:
+            res = await SCRIPTS.call(self.redis, "claim", stream, *args)
+        except REDIS_ERRORS as e:
+            # not acked: they stay pending and are reclaimed after the visibility timeout
+            log.warning("claim failed (%s); %d messages left for redelivery", e, len(placeholders))
+            return
+        for m, r in zip(msgs, res, strict=True):
+            if m is None:
+                continue
+            code = r[0]
+            if code == b"go":
+                m.attempt = int(r[1])
+                m.fetched = list(r[2:])
+                task = asyncio.create_task(self._execute(m))
+                self._inflight[m.id] = (m, task)
+                self._by_run.setdefault((stream, m.uid), set()).add(m.id)
+            elif code == b"dead":
+                log.error("message %s (%s %s) dead-lettered", m.id, m.uid, m.addr)
+
+    def _marker(self, m: Msg) -> str:
+        if m.kind == "n" and m.node.kind in ("subdag", "branch", "foreach"):
+            return f"gn:{m.addr}"
+        return f"o:{m.addr}"
+
+    def _fetch_fields(self, m: Msg) -> list[str]:
+        node = m.node
+        fields: list[str] = []
+        if m.kind == "c":
+            fields.append(f"gk:{m.addr}")
+        elif node.parents and not (node.single_input and m.data is not None):
+            fields.extend(f"o:{m.scope}{p}" for p, _ in node.data_in)
+        if node.vertex is not None and node.vertex.fn is not None:
+            fi = self._fn_info(node.vertex.fn)
+            m.wants_ctx = fi.wants_ctx or node.vertex.on_failure is not None
+        else:
+            m.wants_ctx = False
+        if m.wants_ctx:
+            fields.append("opts")
+        return fields
+
+    def _fn_info(self, fn: Callable[..., Any]) -> _Fn:
+        info = self._fns.get(id(fn))
+        if info is None:
+            info = self._fns[id(fn)] = _inspect_fn(fn)
+        return info
+
+    # -- executing --------------------------------------------------------------------
+
+    def _input(self, m: Msg) -> Any:
+        node = m.node
+        if not node.parents:
+            return codec.decode(m.data) if m.data is not None else None
+        if not node.data_in:
+            return None
+        if node.single_input:
+            parent, fwd = node.data_in[0]
+            raw = m.data if m.data is not None else m.fetched[0]
+            value = codec.decode(raw) if raw is not None else None
+            return fwd(value) if fwd is not None else value
+        values = {}
+        for (parent, fwd), raw in zip(node.data_in, m.fetched, strict=False):
+            value = codec.decode(raw) if raw is not None else None
+            values[parent] = fwd(value) if fwd is not None else value
+        return values
+
+    def _context(self, m: Msg) -> Context:
+        opts = m.fetched[-1] if m.wants_ctx else None
+        rid = m.rid
+        return Context(
+            run_id=str(rid),
+            flow=m.flow.name,
+            vertex=m.addr,
+            attempt=m.attempt,
+            options=codec.loads(opts) if opts else {},
+            store=RunStore(self.redis, rid.run),
+        )
+
+    async def _call(self, m: Msg, data: Any) -> Any:
+        v = m.node.vertex
+        assert v is not None and v.fn is not None
+        fi = self._fn_info(v.fn)
+        args = (data, self._context(m)) if fi.wants_ctx else (data,)
+        if fi.is_async:
+            coro = v.fn(*args)
+        else:
+            loop = asyncio.get_running_loop()
+            coro = loop.run_in_executor(self._threads, lambda: v.fn(*args))  # type: ignore[misc]
+        if v.timeout is None:
+            return await coro
+        try:
+            async with asyncio.timeout(v.timeout):
+                return await coro
+        except TimeoutError:
+            raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
+
+    async def _execute(self, m: Msg) -> None:
+        data: Any = None
+        try:
+            if m.kind == "c":
+                ops = await self._close(m)
+                self._queue(m, ops[1], value=ops[0])
+                return
+            data = self._input(m)
+            node = m.node
+            vertex = node.vertex
+            if node.kind == "collect":
+                out = data
+            elif node.kind == "node":
+                if vertex is not None and vertex.aggregate is not None:
+                    data = await _maybe_await(vertex.aggregate(data))
+                out = await self._call(m, data)
+            else:
+                await self._open(m, data)
+                return
+            value = codec.encode(out)
+            self._queue(m, self._success_ops(m, value), value=value)
+        except asyncio.CancelledError:
+            if m.id in self._inflight and not self._stopping.is_set():
+                # stopped run: ack the message, nothing else
+                self._queue(m, [], mode="r", vstatus="stopped")
+            raise
+        except Exception as e:
+            await self._failed(m, e, data)
+
+    def _success_ops(self, m: Msg, value: bytes) -> list[Any]:
+        ops: list[Any] = []
+        for c in m.node.children:
+            addr = m.scope + c.name
+            if c.indegree == 1:
+                ops += ["E", addr, "n", value if c.inline else b""]
+            else:
+                ops += ["J", addr, "n", c.indegree]
+        if m.plan.exit == m.node.name:
+            if m.scope:
+                ops += ["G", parent_group(m.scope), "", ""]
+            else:
+                ops += ["F", "", "", ""]
+        return ops
+
+    async def _open(self, m: Msg, data: Any) -> None:
+        """Run choose/split and enqueue the entries of every chosen scope."""
+        node = m.node
+        v = node.vertex
+        assert v is not None
+        items: dict[str, Any]
+        if node.kind == "subdag":
+            items = {"": data}
+        elif node.kind == "branch":
+            assert v.choose is not None
+            chosen = await _maybe_await(v.choose(data))
+            chosen = [chosen] if isinstance(chosen, str) else list(dict.fromkeys(chosen or ()))
+            for c in chosen:
+                if c not in node.branches:
+                    raise DefinitionError(
+                        f"branch {m.addr!r} chose undeclared condition {c!r}; "
+                        f"declared: {sorted(node.branches)}"
+                    )
+            items = {c: data for c in chosen}
+        else:
+            assert v.split is not None
+            split = await _maybe_await(v.split(data))
+            if not isinstance(split, Mapping):
+                raise TypeError(
+                    f"foreach {m.addr!r}: split must return a mapping of key to value, "
+                    f"got {type(split).__name__}"
+                )
+            items = {str(k): val for k, val in split.items()}
+        if not items:
+            out: Any = {}
+            if v.aggregate is not None:
+                out = await _maybe_await(v.aggregate(out))
+            value = codec.encode(out)
+            self._queue(m, self._success_ops(m, value), value=value, marker=f"o:{m.addr}")
+            return
+        ops: list[Any] = ["S", f"gk:{m.addr}", codec.dumps(list(items)), ""]
+        for key, val in items.items():
+            plan = node.branches[key] if node.kind == "branch" else node.inner
+            assert plan is not None
+            scope = child_scope(m.scope, node.name, key)
+            enc = codec.encode(val)
+            for e in plan.entries:
+                ops += ["E", scope + e, "n", enc]
+        self._queue(m, ops, value=str(len(items)).encode(), vstatus="running")
+
+    async def _close(self, m: Msg) -> tuple[bytes, list[Any]]:
+        """Collect the results of a group's scopes into the group's output."""
+        node = m.node
+        v = node.vertex
+        assert v is not None and m.fetched[0] is not None
+        ks: list[str] = codec.loads(m.fetched[0])
+        fields = []
+        for k in ks:
+            plan = node.branches[k] if node.kind == "branch" else node.inner
+            assert plan is not None
+            fields.append(f"o:{child_scope(m.scope, node.name, k)}{plan.exit}")
+        vals = await self.redis.hmget(m.rid.run, fields)  # type: ignore[misc]
+        results = {k: codec.decode(raw) if raw is not None else None for k, raw in zip(ks, vals)}
+        out: Any = results[""] if node.kind == "subdag" else results
+        if v.aggregate is not None:
+            out = await _maybe_await(v.aggregate(out))
+        value = codec.encode(out)
+        return value, self._success_ops(m, value)
+
+    async def _failed(self, m: Msg, error: Exception, data: Any) -> None:
+        vertex = m.node.vertex
+        if vertex is not None and vertex.kind == "node":
+            if vertex.retry.should_retry(error, m.attempt):
+                delay = vertex.retry.delay(m.attempt)
+                due = self.clock() + delay
+                member = (
+                    "\n".join([m.uid, m.addr, m.kind, m.id.decode()]).encode()
+                    + b"\n"
+                    + (m.data or b"")
+                )
+                log.info(
+                    "%s %s attempt %d failed (%r); retry in %.2fs",
+                    m.uid,
+                    m.addr,
+                    m.attempt,
+                    error,
+                    delay,
+                )
+                self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
+                self._note_due(due)
+                return
+            if vertex.on_failure is not None:
+                try:
+                    out = await _maybe_await(vertex.on_failure(error, data, self._context(m)))
+                    value = codec.encode(out)
+                    self._queue(m, self._success_ops(m, value), value=value)
+                    return
+                except Exception as hook_error:
+                    log.warning("on_failure of %s raised %r", m.addr, hook_error)
+        err = {
+            "vertex": m.addr,
+            "type": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+            "attempts": m.attempt,
+        }
+        self._queue(m, ["X", codec.dumps(err), "", ""], mode="r", vstatus="failed")
+
+    def _handback_ops(self, m: Msg) -> list[Any]:
+        # not counted against retries: the attempt counter goes back
+        return ["E", m.addr, m.kind, m.data or b"", "S", f"a:{m.addr}", max(0, m.attempt - 1), ""]
+
+    # -- completing -------------------------------------------------------------------
+
+    def _queue(
+        self,
+        m: Msg,
+        ops: list[Any],
+        *,
+        value: bytes = b"",
+        mode: str = "c",
+        vstatus: str = "completed",
+        marker: str | None = None,
+    ) -> None:
+        marker = marker or self._marker(m)
+        rec = [m.id, m.uid, marker, mode, value, m.addr, vstatus, len(ops) // 4, *ops]
+        self._done.append((m, rec))
+        self._done_event.set()
+
+    async def _complete_loop(self) -> None:
+        while True:
+            await self._done_event.wait()
+            self._done_event.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        backoff = 0.05
+        while self._done:
+            batch, self._done = self._done, []
+            by_stream: dict[str, list[tuple[Msg, list[Any]]]] = {}
+            for item in batch:
+                by_stream.setdefault(item[0].stream, []).append(item)
+            try:
+                results = await asyncio.gather(
+                    *(self._apply(s, items) for s, items in by_stream.items())
+                )
+            except REDIS_ERRORS as e:
+                # completions are idempotent and fenced: apply them again later
+                self._done[:0] = batch
+                log.warning("completion failed (%s); retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for items, res in zip(by_stream.values(), results, strict=True):
+                for (m, _), r in zip(items, res, strict=True):
+                    if r == b"fenced":
+                        self.fenced += 1
+                        log.warning(
+                            "completion of %s %s refused: the message was reclaimed by another "
+                            "worker",
+                            m.uid,
+                            m.addr,
+                        )
+                    elif r == b"ok":
+                        self.completed += 1
+                    self._release(m)
+
+    async def _apply(self, stream: str, items: list[tuple[Msg, list[Any]]]) -> Any:
+        args: list[Any] = [self.consumer, repr(self.clock()), self.ttl_ms]
+        for _, rec in items:
+            args += rec
+        return await SCRIPTS.call(self.redis, "complete", stream, *args)
+
+    def _release(self, m: Msg) -> None:
+        if self._inflight.pop(m.id, None) is not None:
+            ids = self._by_run.get((m.stream, m.uid))
+            if ids is not None:
+                ids.discard(m.id)
+                if not ids:
+                    del self._by_run[(m.stream, m.uid)]
+            self._slot_event.set()
+
+    # -- background duties ------------------------------------------------------------
+
+    def _note_due(self, due: float) -> None:
+        if self._next_due == 0 or due < self._next_due:
+            self._next_due = due
+            self._due_event.set()
+
+    async def _delayed_loop(self) -> None:
+        while not self._stopping.is_set():
+            now = self.clock()
+            wait = 1.0 if self._next_due == 0 else max(0.0, min(1.0, self._next_due - now))
+            self._due_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due_event.wait(), wait)
+            now = self.clock()
+            nxt = 0.0
+            for stream in self._stream_list:
+                try:
+                    moved, score = await SCRIPTS.call(
+                        self.redis, "move", stream, int(now * 1000), 500
+                    )
+                except REDIS_ERRORS:
+                    nxt = now + 0.5
+                    continue
+                s = float(score)
+                if s >= 0 and (nxt == 0 or s / 1000 < nxt):
+                    nxt = s / 1000
+            self._next_due = nxt
+
+    async def _housekeeping(self) -> None:
+        vt = self.settings.visibility_timeout
+        every = max(0.05, min(vt / 3, 5.0))
+        last_trim = 0.0
+        while not self._stopping.is_set():
+            await asyncio.sleep(every)
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._extend_leases()
+                await self._reclaim(int(vt * 1000))
+                if time.monotonic() - last_trim > 5.0:
+                    last_trim = time.monotonic()
+                    for stream in self._stream_list:
+                        await SCRIPTS.call(self.redis, "trim", stream)
+
+    async def _extend_leases(self) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for m, _ in self._inflight.values():
+            by_stream.setdefault(m.stream, []).append(m.id)
+        for stream, ids in by_stream.items():
+            lost = await SCRIPTS.call(self.redis, "lease", stream, self.consumer, *ids)
+            for mid in lost:
+                item = self._inflight.get(mid)
+                if item is not None:
+                    log.warning(
+                        "lost the lease on %s (%s): another worker reclaimed it", mid, item[0].addr
+                    )
+
+    async def _reclaim(self, min_idle_ms: int) -> None:
+        for stream in self._stream_list:
+            free = self._free()
+            if free <= 0 or self._stopping.is_set():
+                return
+            res = await self.redis.xautoclaim(
+                stream, keys.GROUP, self.consumer, min_idle_ms, start_id="0-0", count=free
+            )
+            entries = res[1] if res else []
+            if entries:
+                log.info("reclaimed %d idle messages on %s", len(entries), stream)
+                await self._start(stream, entries, reclaimed=True)
+
+    async def _control_loop(self) -> None:
+        while not self._stopping.is_set():
+            ps = self.redis.pubsub()
+            try:
+                await ps.subscribe(keys.CONTROL)
+                while not self._stopping.is_set():
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg and msg["type"] == "message":
+                        self._on_control(msg["data"].decode())
+            except REDIS_ERRORS:
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await ps.aclose()
+
+    def _on_control(self, text: str) -> None:
+        action, _, run_id = text.partition(" ")
+        if action != "stop":
+            return
+        try:
+            rid = RunId.parse(run_id)
+        except Exception:
+            return
+        for mid in list(self._by_run.get((rid.stream, rid.key), ())):
+            item = self._inflight.get(mid)
+            if item is not None:
+                log.info("stopping %s of run %s", item[0].addr, run_id)
+                item[1].cancel()

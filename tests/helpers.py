@@ -1,0 +1,88 @@
+"""Helpers shared by the tests.
+
+Project rule: a test never sleeps to let something happen; it waits on a
+condition with a deadline (:func:`wait_until`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from aioflow.redis_server import RedisServer
+
+__all__ = ["RedisFactory", "wait_until"]
+
+
+async def wait_until(
+    cond: Callable[[], Awaitable[bool] | bool],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline for the condition, by design
+    what: str = "condition",
+    interval: float = 0.01,
+) -> None:
+    """Return as soon as ``cond()`` is true; raise AssertionError after ``timeout`` seconds.
+
+    ``cond`` may be a plain or an async callable; it is evaluated once more at the
+    deadline before giving up.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = cond()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+
+
+class RedisFactory:
+    """Starts independent :class:`RedisServer` instances; ``close()`` stops them all.
+
+    Given as the ``redis_factory`` fixture, for tests that kill or restart Redis.
+    """
+
+    def __init__(self, base_dir: str | os.PathLike[str]) -> None:
+        self._base_dir = Path(base_dir)
+        self.servers: list[RedisServer] = []
+
+    def __call__(
+        self,
+        *,
+        dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        binary: str | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
+        start: bool = True,
+    ) -> RedisServer:
+        """A new server (started unless ``start=False``); ``dir`` defaults to a fresh tmp dir."""
+        if dir is None:
+            self._base_dir.mkdir(parents=True, exist_ok=True)
+            dir = tempfile.mkdtemp(prefix="redis-", dir=self._base_dir)
+        server = RedisServer(
+            dir=dir,
+            port=port,
+            binary=binary,
+            appendonly=appendonly,
+            appendfsync=appendfsync,
+            extra_args=extra_args,
+        )
+        self.servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    def close(self) -> None:
+        """Stop every server this factory made (also those a test already stopped)."""
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
