@@ -24,7 +24,7 @@ def connect(url: str, *, max_connections: int = 64) -> Redis:
         socket_keepalive=True,
         health_check_interval=15,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)
 
 
 class App:
