@@ -43,7 +43,9 @@ def _revive(obj: Any) -> Any:
 def loads(raw: bytes | str) -> Any:
     """Parse JSON written by :func:`dumps`, turning ``{"$bytes": ...}`` back into bytes."""
     obj = orjson.loads(raw)
-    if (_MARK if isinstance(raw, bytes) else _MARK.decode()) in raw:
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if _MARK in raw:
         return _revive(obj)
     return obj
 

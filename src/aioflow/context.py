@@ -21,16 +21,16 @@ class RunStore:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default``."""
-        raw = await self._redis.hget(self._key, f"kv:{key}")  # type: ignore[misc]
+        raw: Any = await self._redis.hget(self._key, f"kv:{key}")
         return default if raw is None else codec.decode(raw)
 
     async def set(self, key: str, value: Any) -> None:
         """Store ``value`` (bytes or anything JSON-serialisable) under ``key``."""
-        await self._redis.hset(self._key, f"kv:{key}", codec.encode(value))  # type: ignore[misc]
+        await self._redis.hset(self._key, f"kv:{key}", codec.encode(value))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is absent."""
-        await self._redis.hdel(self._key, f"kv:{key}")  # type: ignore[misc]
+        await self._redis.hdel(self._key, f"kv:{key}")
 
 
 class Context:

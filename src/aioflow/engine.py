@@ -106,7 +106,7 @@ class Waiter:
             with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
                 await self._task
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._ps.aclose()
+            await self._ps.aclose()  # type: ignore[no-untyped-call]
 
     async def subscribe(self, channel: str) -> None:
         fut = self._confirmed.get(channel)
@@ -181,7 +181,8 @@ class Waiter:
 
 async def fetch_outcome(redis: Redis, rid: RunId) -> Outcome | None:
     """The outcome of a finished run, None while it runs; raises RunNotFound."""
-    status, result, err = await redis.hmget(rid.run, ["status", "result", "err"])  # type: ignore[misc]
+    vals: Any = await redis.hmget(rid.run, ["status", "result", "err"])
+    status, result, err = vals
     if status is None:
         raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
     st = Status(status.decode())
@@ -217,7 +218,7 @@ class Engine:
         info = self._flows.get(name)
         if info is None:
             keys.check_flow_name(name)
-            raw = await self.redis.hget(keys.FLOWS, name)  # type: ignore[misc]
+            raw: Any = await self.redis.hget(keys.FLOWS, name)
             if raw is None:
                 raise UnknownFlow(
                     f"unknown flow {name!r}: no worker or gateway serving it has registered it"
@@ -228,7 +229,7 @@ class Engine:
         return info
 
     async def flows(self) -> list[FlowInfo]:
-        raw = await self.redis.hgetall(keys.FLOWS)  # type: ignore[misc]
+        raw: Any = await self.redis.hgetall(keys.FLOWS)
         out = []
         for name, doc in sorted(raw.items()):
             d = codec.loads(doc)
@@ -336,7 +337,7 @@ class Engine:
 
     async def state(self, run_id: str | RunId) -> RunState:
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
-        h = await self.redis.hgetall(rid.run)  # type: ignore[misc]
+        h: Any = await self.redis.hgetall(rid.run)
         if not h or b"status" not in h:
             raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
         return parse_state(str(rid), rid.flow, h)
@@ -381,7 +382,7 @@ class Engine:
             batch: list[tuple[float, RunId]] = []
             for p in range(info.partitions):
                 idx = f"{keys.tag(flow, p)}:i"
-                rows = await self.redis.zrevrangebyscore(
+                rows: Any = await self.redis.zrevrangebyscore(
                     idx, top, "-inf", start=0, num=limit, withscores=True
                 )
                 batch.extend((score, RunId(flow, p, k.decode())) for k, score in rows)

@@ -34,7 +34,7 @@ ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", Settings)
 
 
-def _json(doc: Any, status: int = 200, **headers: str) -> web.Response:
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     body = doc if isinstance(doc, bytes) else codec.dumps(doc)
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
@@ -99,7 +99,7 @@ def _result_response(stored: bytes, rid: RunId) -> web.Response:
         return web.Response(
             body=stored[1:], content_type="application/octet-stream", headers=headers
         )
-    return _json(codec.to_json_bytes(stored), **headers)
+    return _json(codec.to_json_bytes(stored), headers=headers)
 
 
 async def _body(request: web.Request) -> Any:
@@ -132,15 +132,17 @@ async def start_run(request: web.Request) -> web.Response:
         try:
             wait = min(max(float(wait_raw), 0.0), MAX_WAIT)
         except ValueError:
-            raise web.HTTPBadRequest(text=f"wait must be a number of seconds, got {wait_raw!r}")
+            raise web.HTTPBadRequest(
+                text=f"wait must be a number of seconds, got {wait_raw!r}"
+            ) from None
     run_key = request.headers.get("X-Run-Id")
     options = _options(request)
     if wait is None:
         rid, _ = await engine.submit(name, data, run_id=run_key, options=options)
-        return _json({"run_id": str(rid)}, 202, **{"X-Run-Id": str(rid)})
+        return _json({"run_id": str(rid)}, 202, headers={"X-Run-Id": str(rid)})
     rid, outcome = await engine.execute(name, data, timeout=wait, run_id=run_key, options=options)
     if outcome is None:
-        return _json({"run_id": str(rid), "status": "running"}, 202, **{"X-Run-Id": str(rid)})
+        return _json({"run_id": str(rid), "status": "running"}, 202, headers={"X-Run-Id": str(rid)})
     if outcome.status is Status.COMPLETED:
         return _result_response(outcome.payload, rid)
     if outcome.status is Status.STOPPED:
@@ -157,7 +159,7 @@ async def start_run(request: web.Request) -> web.Response:
             **err,
         },
         500,
-        **{"X-Run-Id": str(rid)},
+        {"X-Run-Id": str(rid)},
     )
 
 

@@ -30,10 +30,10 @@ class Scripts:
 
     async def call(self, redis: Redis, name: str, key: str, *args: Any) -> Any:
         try:
-            return await redis.evalsha(self.sha[name], 1, key, *args)  # type: ignore[misc]
+            return await redis.evalsha(self.sha[name], 1, key, *args)
         except NoScriptError:
             await redis.script_load(self.source[name])
-            return await redis.evalsha(self.sha[name], 1, key, *args)  # type: ignore[misc]
+            return await redis.evalsha(self.sha[name], 1, key, *args)
 
 
 SCRIPTS = Scripts()

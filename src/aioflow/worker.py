@@ -146,7 +146,7 @@ class Worker:
     async def prepare(self) -> None:
         """Check the server and register the flows (done by :meth:`run` too)."""
         try:
-            info = await self.redis.config_get("maxmemory-policy")
+            info: Any = await self.redis.config_get("maxmemory-policy")
         except REDIS_ERRORS:
             raise
         except Exception:  # CONFIG may be disabled on managed Redis
@@ -191,9 +191,9 @@ class Worker:
         left = list(self._inflight.values())
         if left:
             log.warning("grace period over: handing back %d running vertices", len(left))
-        for m, task in left:
+        for _, task in left:
             task.cancel()
-        for m, task in left:
+        for _, task in left:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # completions already queued, then the hand-backs, until all are applied
@@ -240,7 +240,7 @@ class Worker:
                 chosen = [self._stream_list[(start + i) % n] for i in range(free)]
                 count, block = 1, 10
             try:
-                resp = await reader.xreadgroup(
+                resp: Any = await reader.xreadgroup(
                     keys.GROUP, self.consumer, {s: ">" for s in chosen}, count=count, block=block
                 )
                 backoff = 0.05
@@ -307,16 +307,16 @@ class Worker:
         if not msgs:
             return
         # messages count against concurrency from the moment they are read
-        placeholders = [m for m in msgs if m is not None]
         try:
             res = await SCRIPTS.call(self.redis, "claim", stream, *args)
         except REDIS_ERRORS as e:
             # not acked: they stay pending and are reclaimed after the visibility timeout
-            log.warning("claim failed (%s); %d messages left for redelivery", e, len(placeholders))
+            log.warning("claim failed (%s); %d messages left for redelivery", e, len(msgs))
             return
-        for m, r in zip(msgs, res, strict=True):
-            if m is None:
+        for mm, r in zip(msgs, res, strict=True):
+            if mm is None:
                 continue
+            m = mm
             code = r[0]
             if code == b"go":
                 m.attempt = int(r[1])
@@ -503,8 +503,11 @@ class Worker:
             plan = node.branches[k] if node.kind == "branch" else node.inner
             assert plan is not None
             fields.append(f"o:{child_scope(m.scope, node.name, k)}{plan.exit}")
-        vals = await self.redis.hmget(m.rid.run, fields)  # type: ignore[misc]
-        results = {k: codec.decode(raw) if raw is not None else None for k, raw in zip(ks, vals)}
+        vals: Any = await self.redis.hmget(m.rid.run, fields)
+        results = {
+            k: codec.decode(raw) if raw is not None else None
+            for k, raw in zip(ks, vals, strict=True)
+        }
         out: Any = results[""] if node.kind == "subdag" else results
         if v.aggregate is not None:
             out = await _maybe_await(v.aggregate(out))
@@ -685,7 +688,7 @@ class Worker:
             free = self._free()
             if free <= 0 or self._stopping.is_set():
                 return
-            res = await self.redis.xautoclaim(
+            res: Any = await self.redis.xautoclaim(
                 stream, keys.GROUP, self.consumer, min_idle_ms, start_id="0-0", count=free
             )
             entries = res[1] if res else []
@@ -706,7 +709,7 @@ class Worker:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await ps.aclose()
+                    await ps.aclose()  # type: ignore[no-untyped-call]
 
     def _on_control(self, text: str) -> None:
         action, _, run_id = text.partition(" ")
