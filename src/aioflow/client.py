@@ -72,14 +72,21 @@ class Client:
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
         delay: float | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Start a run and return its id without waiting. ``run_id`` names the run
         (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
         second run starts. ``options`` become ``ctx.options``; ``delay`` defers
-        the start by that many seconds."""
+        the start by that many seconds. ``callback_url`` gets a POST of the
+        result or error when the run ends (see the README)."""
         async with translate():
             rid, _ = await self.engine.submit(
-                _name(flow), data, run_id=run_id, options=options, delay=delay
+                _name(flow),
+                data,
+                run_id=run_id,
+                options=options,
+                delay=delay,
+                callback_url=callback_url,
             )
             return str(rid)
 

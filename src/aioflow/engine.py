@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, keys
 from .errors import (
+    InvalidCallbackUrl,
     InvalidTransition,
     RedisUnavailable,
     ResultTimeout,
@@ -46,12 +48,30 @@ async def translate() -> AsyncIterator[None]:
         raise RedisUnavailable(f"Redis is unavailable: {e}") from e
 
 
+def check_callback_url(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2048:
+        raise InvalidCallbackUrl(f"invalid callback URL {url!r}: expected http(s)://host/...")
+    return url
+
+
 @dataclass(frozen=True)
 class FlowInfo:
     name: str
     partitions: int
     entries: tuple[str, ...]
     definition: dict[str, Any]
+    hooks: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> FlowInfo:
+        return cls(
+            doc["name"],
+            int(doc["partitions"]),
+            tuple(doc["entries"]),
+            doc["definition"],
+            bool(doc.get("hooks")),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ async def register(redis: Redis, flows: Iterable[Flow]) -> None:
             "name": flow.name,
             "partitions": flow.partitions,
             "entries": list(plan.entries),
+            "hooks": flow.on_failure is not None or flow.finally_ is not None,
             "definition": flow.describe(),
         }
         async with redis.pipeline(transaction=False) as pipe:
@@ -223,20 +244,13 @@ class Engine:
                 raise UnknownFlow(
                     f"unknown flow {name!r}: no worker or gateway serving it has registered it"
                 )
-            doc = codec.loads(raw)
-            info = FlowInfo(name, int(doc["partitions"]), tuple(doc["entries"]), doc["definition"])
+            info = FlowInfo.from_doc(codec.loads(raw))
             self._flows[name] = info
         return info
 
     async def flows(self) -> list[FlowInfo]:
         raw: Any = await self.redis.hgetall(keys.FLOWS)
-        out = []
-        for name, doc in sorted(raw.items()):
-            d = codec.loads(doc)
-            out.append(
-                FlowInfo(name.decode(), d["partitions"], tuple(d["entries"]), d["definition"])
-            )
-        return out
+        return [FlowInfo.from_doc(codec.loads(doc)) for _, doc in sorted(raw.items())]
 
     async def new_run_id(self, flow: str, run_id: str | None = None) -> RunId:
         info = await self.flow_info(flow)
@@ -257,9 +271,12 @@ class Engine:
         options: dict[str, list[str]] | None = None,
         delay: float | None = None,
         rid: RunId | None = None,
+        callback_url: str | None = None,
     ) -> tuple[RunId, bool]:
         """Start a run; answers its id and whether it was created (False: it existed)."""
         info = await self.flow_info(flow)
+        if callback_url is not None:
+            check_callback_url(callback_url)
         rid = rid or await self.new_run_id(flow, run_id)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
@@ -274,6 +291,8 @@ class Engine:
             due,
             len(info.entries),
             *info.entries,
+            "1" if info.hooks or callback_url else "",
+            callback_url or "",
         )
         return rid, bool(created)
 
@@ -285,12 +304,15 @@ class Engine:
         timeout: float | None = None,
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
+        callback_url: str | None = None,
     ) -> tuple[RunId, Outcome | None]:
         rid = await self.new_run_id(flow, run_id)
         await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
         fut = self.waiter.register(rid)
         try:
-            _, created = await self.submit(flow, data, options=options, rid=rid)
+            _, created = await self.submit(
+                flow, data, options=options, rid=rid, callback_url=callback_url
+            )
             if not created:
                 outcome = await fetch_outcome(self.redis, rid)
                 if outcome is not None:

@@ -9,6 +9,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── UnknownFlow          no worker or gateway ever registered that flow name
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
+    ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
     ├── RunFailed            the run ended ``failed``: carries vertex, type, message, traceback
     ├── RunStopped           the run was stopped before it finished
@@ -25,6 +26,7 @@ __all__ = [
     "AioflowError",
     "ConfigError",
     "DefinitionError",
+    "InvalidCallbackUrl",
     "InvalidRunId",
     "InvalidTransition",
     "NodeTimeout",
@@ -59,6 +61,10 @@ class RunNotFound(AioflowError):
 
 class InvalidRunId(AioflowError, ValueError):
     """A run id or flow name does not match the allowed syntax."""
+
+
+class InvalidCallbackUrl(AioflowError, ValueError):
+    """A callback URL that is not an absolute http(s) URL."""
 
 
 class InvalidTransition(AioflowError):

@@ -16,6 +16,7 @@ from . import codec
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
+    InvalidCallbackUrl,
     InvalidRunId,
     InvalidTransition,
     RedisUnavailable,
@@ -47,6 +48,7 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (UnknownFlow, 404, "unknown_flow"),
     (RunNotFound, 404, "run_not_found"),
     (InvalidRunId, 400, "invalid_id"),
+    (InvalidCallbackUrl, 400, "invalid_callback_url"),
     (InvalidTransition, 409, "invalid_transition"),
     (RedisUnavailable, 503, "redis_unavailable"),
 ]
@@ -136,11 +138,16 @@ async def start_run(request: web.Request) -> web.Response:
                 text=f"wait must be a number of seconds, got {wait_raw!r}"
             ) from None
     run_key = request.headers.get("X-Run-Id")
+    callback = request.headers.get("X-Callback-Url")
     options = _options(request)
     if wait is None:
-        rid, _ = await engine.submit(name, data, run_id=run_key, options=options)
+        rid, _ = await engine.submit(
+            name, data, run_id=run_key, options=options, callback_url=callback
+        )
         return _json({"run_id": str(rid)}, 202, headers={"X-Run-Id": str(rid)})
-    rid, outcome = await engine.execute(name, data, timeout=wait, run_id=run_key, options=options)
+    rid, outcome = await engine.execute(
+        name, data, timeout=wait, run_id=run_key, options=options, callback_url=callback
+    )
     if outcome is None:
         return _json({"run_id": str(rid), "status": "running"}, 202, headers={"X-Run-Id": str(rid)})
     if outcome.status is Status.COMPLETED:

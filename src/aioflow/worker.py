@@ -21,17 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from redis.asyncio import Redis
 
 from . import codec, keys
 from .context import Context, RunStore
 from .engine import REDIS_ERRORS, register
-from .errors import ConfigError, DefinitionError, NodeTimeout
+from .errors import ConfigError, DefinitionError, NodeTimeout, RunFailed
 from .keys import RunId
 from .model import Flow
 from .plan import Plan, PNode, child_scope, compile_dag, parent_group, resolve
 from .scripts import SCRIPTS
 from .settings import Settings
+from .status import Status
 
 log = logging.getLogger("aioflow.worker")
 
@@ -65,6 +67,9 @@ class Msg:
     @property
     def rid(self) -> RunId:
         return RunId(self.flow.name, int(self.stream.split(":")[-2].rstrip("}")), self.uid)
+
+
+FINAL = PNode("$final", "final", None, (), ())
 
 
 @dataclass(slots=True)
@@ -140,6 +145,7 @@ class Worker:
         self.completed = 0  # vertex completions applied (for tests and metrics)
         self.fenced = 0
         self.ttl_ms = int(self.settings.result_ttl * 1000)
+        self._http: aiohttp.ClientSession | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -181,6 +187,8 @@ class Worker:
             with contextlib.suppress(*REDIS_ERRORS):
                 await reader.aclose()
             self._threads.shutdown(wait=False, cancel_futures=True)
+            if self._http is not None:
+                await self._http.close()
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.settings.grace
@@ -271,8 +279,11 @@ class Worker:
                 uid = f[b"r"].decode()
                 addr = f[b"a"].decode()
                 kind = f.get(b"k", b"n").decode()
-                rplan, node, scope = resolve(plan, addr)
-                if kind not in ("n", "c") or (
+                if kind == "f":
+                    rplan, node, scope = plan, FINAL, ""
+                else:
+                    rplan, node, scope = resolve(plan, addr)
+                if kind not in ("n", "c", "f") or (
                     kind == "c" and node.kind not in ("subdag", "branch", "foreach")
                 ):
                     raise ValueError(kind)
@@ -335,6 +346,9 @@ class Worker:
     def _fetch_fields(self, m: Msg) -> list[str]:
         node = m.node
         fields: list[str] = []
+        if m.kind == "f":
+            m.wants_ctx = True
+            return ["status", "err", "result", "cbu", "opts"]
         if m.kind == "c":
             fields.append(f"gk:{m.addr}")
         elif node.parents and not (node.single_input and m.data is not None):
@@ -406,6 +420,9 @@ class Worker:
     async def _execute(self, m: Msg) -> None:
         data: Any = None
         try:
+            if m.kind == "f":
+                await self._final(m)
+                return
             if m.kind == "c":
                 ops = await self._close(m)
                 self._queue(m, ops[1], value=ops[0])
@@ -513,6 +530,65 @@ class Worker:
             out = await _maybe_await(v.aggregate(out))
         value = codec.encode(out)
         return value, self._success_ops(m, value)
+
+    async def _final(self, m: Msg) -> None:
+        """After a run ended: the flow's on_failure and finally_ hooks, then the callback."""
+        raw_status, err, result, url = m.fetched[:4]
+        status = Status((raw_status or b"failed").decode())
+        ctx = self._context(m)
+        ops: list[Any] = []
+        hook_errors = []
+        hooks: list[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] = [
+            ("finally_", m.flow.finally_, (status, ctx))
+        ]
+        if status is Status.FAILED:
+            error = RunFailed.from_error(ctx.run_id, codec.loads(err) if err else {})
+            hooks.insert(0, ("on_failure", m.flow.on_failure, (error, ctx)))
+        for name, hook, args in hooks:
+            if hook is None:
+                continue
+            try:
+                await _maybe_await(hook(*args))
+            except Exception as e:
+                log.exception("flow %s hook %s raised for run %s", m.flow.name, name, ctx.run_id)
+                hook_errors.append({"hook": name, "type": type(e).__name__, "message": str(e)})
+        if hook_errors:
+            ops += ["S", "hook_errors", codec.dumps(hook_errors), ""]
+        if url:
+            doc: dict[str, Any] = {"run_id": ctx.run_id, "flow": m.flow.name, "status": status}
+            if status is Status.COMPLETED:
+                doc["result"] = codec.decode(result) if result else None
+            elif err:
+                doc["error"] = codec.loads(err)
+            report = await self._callback(url.decode(), codec.dumps(doc), ctx.run_id)
+            ops += ["S", "cb", codec.dumps(report), ""]
+        self._queue(m, ops, value=b"1")
+
+    async def _callback(self, url: str, body: bytes, run_id: str) -> dict[str, Any]:
+        """POST ``body`` to ``url``: up to 3 attempts, 10 s each; the outcome is recorded."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        report: dict[str, Any] = {"url": url, "delivered": False, "attempts": 0}
+        for attempt in range(1, 4):
+            report["attempts"] = attempt
+            try:
+                async with self._http.post(
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/json", "X-Run-Id": run_id},
+                ) as resp:
+                    report["status_code"] = resp.status
+                    if resp.status < 400:
+                        report["delivered"] = True
+                        report.pop("error", None)
+                        return report
+                    report["error"] = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                report["error"] = f"{type(e).__name__}: {e}"
+            if attempt < 3:
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+        log.warning("callback for run %s to %s failed: %s", run_id, url, report.get("error"))
+        return report
 
     async def _failed(self, m: Msg, error: Exception, data: Any) -> None:
         vertex = m.node.vertex

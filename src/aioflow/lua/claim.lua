@@ -16,13 +16,13 @@ while i <= #ARGV do
     res = {'dead'}
   else
     local status = redis.call('HGET', run, 'status')
-    if (not status) or TERMINAL[status] then
+    if (not status) or (TERMINAL[status] and kind ~= 'f') then
       redis.call('XACK', q, GROUP, id)
       res = {'drop'}
     elseif redis.call('HEXISTS', run, marker) == 1 then
       redis.call('XACK', q, GROUP, id)
       res = {'dup'}
-    elseif status == 'paused' then
+    elseif status == 'paused' and kind ~= 'f' then
       local e = redis.call('XRANGE', q, id, id)
       local data = ''
       if e[1] then data = fields_to_map(e[1][2])['d'] or '' end
@@ -40,7 +40,9 @@ while i <= #ARGV do
         end
       end
       if not res then
-        if status == 'pending' then
+        if kind == 'f' then
+          -- hooks of a finished run: no status change
+        elseif status == 'pending' then
           redis.call('HSET', run, 'status', 'running', 'started', now)
         end
         redis.call('HSET', run, 's:' .. addr, 'running')

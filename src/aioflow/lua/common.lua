@@ -31,6 +31,8 @@ local function finish(run, uid, status, field, value, now, ttl)
   if field ~= '' then redis.call('HSET', run, field, value) end
   redis.call('PEXPIRE', run, ttl)
   redis.call('DEL', pre .. ':p:' .. uid)
+  -- flow hooks and callbacks run once, in a worker, after the run ended
+  if redis.call('HEXISTS', run, 'hooks') == 1 then xadd(uid, '$final', 'f', '') end
   local payload = value
   if #payload > 65536 then payload = '' end
   redis.call('PUBLISH', pre .. ':done', uid .. '\n' .. status .. '\n' .. payload)
