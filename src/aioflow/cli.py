@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     worker_opts(sp)
     sp.add_argument("--data-dir", default=".aioflow", help="embedded Redis data (default .aioflow)")
     sp = sub.add_parser("run", help="pause, resume or stop a run")
-    sp.add_argument("action", choices=["pause", "resume", "stop", "state"])
+    sp.add_argument("action", choices=["pause", "resume", "stop", "retry", "state"])
     sp.add_argument("run_id")
     sp.add_argument("--redis-url", default=None)
     return p
@@ -153,6 +153,10 @@ async def _control(action: str, run_id: str, url: str | None) -> int:
         if action == "state":
             st = await c.state(run_id)
             sys.stdout.write(st.to_json().decode() + "\n")
+            return 0
+        if action == "retry":
+            n = await c.retry(run_id)
+            sys.stdout.write(f"{run_id}: running ({n} vertices requeued)\n")
             return 0
         status = await getattr(c, action)(run_id)
         sys.stdout.write(f"{run_id}: {status.value}\n")

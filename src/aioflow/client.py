@@ -132,6 +132,13 @@ class Client:
         async with translate():
             return await self.engine.control(run_id, "stop")
 
+    async def retry(self, run_id: str) -> int:
+        """Rerun a failed run: its failed vertices and everything downstream run
+        again; stored results of vertices that succeeded are reused. Answers the
+        number of vertices enqueued; raises InvalidTransition unless failed."""
+        async with translate():
+            return await self.engine.retry(run_id)
+
     async def runs(
         self,
         flow: str | Flow,

@@ -30,7 +30,8 @@ from .errors import (
 )
 from .keys import RunId
 from .model import Flow
-from .plan import compile_dag
+from .plan import Plan, compile_dag, dag_from_description
+from .rerun import rerun
 from .scripts import SCRIPTS
 from .status import RunState, Status, parse_state
 
@@ -384,6 +385,15 @@ class Engine:
         if action == "stop":
             await self.redis.publish(keys.CONTROL, f"stop {rid}")
         return Status(status)
+
+    async def retry(self, run_id: str | RunId) -> int:
+        """Rerun a failed run from its failed vertices; answers how many were enqueued."""
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        return await rerun(self.redis, rid, await self.plan(rid.flow))
+
+    async def plan(self, flow: str) -> Plan:
+        info = await self.flow_info(flow)
+        return compile_dag(dag_from_description(info.definition["dag"]))
 
     async def runs(
         self,

@@ -177,9 +177,12 @@ async def run_state(request: web.Request) -> web.Response:
 
 async def run_control(request: web.Request) -> web.Response:
     action = request.match_info["action"]
-    if action not in ("pause", "resume", "stop"):
+    if action not in ("pause", "resume", "stop", "retry"):
         raise web.HTTPNotFound(text=f"unknown action {action!r}")
     rid = _run_id(request)
+    if action == "retry":
+        n = await _engine(request).retry(rid)
+        return _json({"run_id": str(rid), "status": "running", "requeued": n})
     status = await _engine(request).control(rid, action)
     return _json({"run_id": str(rid), "status": status.value})
 

@@ -209,3 +209,40 @@ def describe(dag: Dag) -> dict[str, Any]:
     if isinstance(dag, Flow):
         return {"name": dag.name, "partitions": dag.partitions, "dag": out}
     return out
+
+
+def _placeholder(data: Any) -> Any:  # stands in for user code in a rebuilt dag
+    return data
+
+
+def dag_from_description(doc: dict[str, Any]) -> Dag:
+    """Rebuild a dag's shape from :func:`describe` output (functions are placeholders).
+
+    Lets processes that do not import the user's code (the gateway, the client)
+    reason about a flow's structure, e.g. to rerun a failed run.
+    """
+    dag = Dag()
+    for v in doc["vertices"]:
+        kind, name = v["kind"], v["name"]
+        if kind == "node":
+            dag.node(name, _placeholder, aggregate=_placeholder if v.get("aggregate") else None)
+        elif kind == "subdag":
+            dag.subdag(name, dag_from_description(v["dag"]))
+        elif kind == "foreach":
+            inner = dag.foreach(name, _placeholder)
+            _fill(inner, dag_from_description(v["dag"]))
+        elif kind == "branch":
+            branches = dag.branch(name, _placeholder, conditions=v["conditions"])
+            for cond, sub in v["branches"].items():
+                _fill(branches[cond], dag_from_description(sub))
+    for e in doc["edges"]:
+        dag.edge(
+            e["from"], e["to"], data=e["data"], forward=_placeholder if e.get("forward") else None
+        )
+    return dag
+
+
+def _fill(target: Dag, source: Dag) -> None:
+    target.vertices = source.vertices
+    target.edges = source.edges
+    target._by_fn = source._by_fn

@@ -505,6 +505,7 @@ class Worker:
             assert plan is not None
             scope = child_scope(m.scope, node.name, key)
             enc = codec.encode(val)
+            ops += ["S", f"gi:{scope}", enc, ""]
             for e in plan.entries:
                 ops += ["E", scope + e, "n", enc]
         self._queue(m, ops, value=str(len(items)).encode(), vstatus="running")
