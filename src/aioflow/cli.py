@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import codec, keys
 from .app import App, connect
 from .engine import Engine
 from .errors import AioflowError, ConfigError
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("worker", help="run a worker")
     common(sp)
     worker_opts(sp)
+    sp.add_argument(
+        "--health",
+        action="store_true",
+        help="check (exit 0/1) that Redis answers and a worker on this host read recently",
+    )
     sp = sub.add_parser("dev", help="gateway + worker in one process, own Redis if no URL")
     common(sp)
     web_opts(sp)
@@ -83,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="pause, resume or stop a run")
     sp.add_argument("action", choices=["pause", "resume", "stop", "retry", "state"])
     sp.add_argument("run_id")
+    sp.add_argument("--redis-url", default=None)
+    sp = sub.add_parser("dlq", help="list or replay dead letters")
+    sp.add_argument("action", choices=["list", "replay"])
+    sp.add_argument("id", nargs="?", help="dead letter id (replay)")
     sp.add_argument("--redis-url", default=None)
     return p
 
@@ -146,6 +156,40 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
     return 0
 
 
+async def _health(app: App) -> int:
+    """Healthy: Redis answers, and a worker of this host sent a heartbeat lately and
+    either read from its streams lately or has every slot busy."""
+    import socket
+    import time
+
+    if not app.settings.redis_url:
+        raise ConfigError("no Redis: pass --redis-url or set AIOFLOW_REDIS_URL")
+    redis = connect(app.settings.redis_url)
+    report: dict[str, Any] = {"redis": False, "workers": []}
+    try:
+        raw: Any = await redis.hgetall(keys.WORKERS)
+        report["redis"] = True
+    except Exception as e:
+        report["error"] = str(e)
+        raw = {}
+    finally:
+        await redis.aclose()
+    now = time.time()
+    window = max(30.0, 3 * app.settings.visibility_timeout)
+    healthy = False
+    for name, doc in raw.items():
+        d = codec.loads(doc)
+        if d.get("host") != socket.gethostname():
+            continue
+        reading = now - d["last_read"] < window or d["inflight"] >= app.settings.concurrency
+        alive = now - d.get("beat", now) < window
+        report["workers"].append({"name": name.decode(), "reading": reading, **d})
+        healthy = healthy or (reading and alive)
+    report["healthy"] = healthy
+    sys.stdout.write(codec.dumps(report).decode() + "\n")
+    return 0 if healthy else 1
+
+
 async def _control(action: str, run_id: str, url: str | None) -> int:
     from .client import Client
 
@@ -163,6 +207,21 @@ async def _control(action: str, run_id: str, url: str | None) -> int:
     return 0
 
 
+async def _dlq(action: str, dead_letter_id: str | None, url: str | None) -> int:
+    from .client import Client
+
+    async with Client(url) as c:
+        if action == "list":
+            for d in await c.engine.dead_letters():
+                sys.stdout.write(codec.dumps(d).decode() + "\n")
+            return 0
+        if not dead_letter_id:
+            raise ConfigError("aioflow dlq replay needs the dead letter id")
+        run_id = await c.engine.replay(dead_letter_id)
+        sys.stdout.write(f"{dead_letter_id}: replayed, run {run_id} running\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -171,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(lambda: _control(args.action, args.run_id, args.redis_url))
+        if args.command == "dlq":
+            return _run(lambda: _dlq(args.action, args.id, args.redis_url))
         app = load_app(args.app)
         overrides = {
             k: getattr(args, k, None)
@@ -180,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _run(lambda: _serve(app, worker=False, gateway=True))
         if args.command == "worker":
+            if args.health:
+                return _run(lambda: _health(app))
             return _run(lambda: _serve(app, worker=True, gateway=False))
         return _dev(app, args.data_dir)
     except AioflowError as e:

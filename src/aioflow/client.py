@@ -139,6 +139,16 @@ class Client:
         async with translate():
             return await self.engine.retry(run_id)
 
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters of every flow: id, run_id, vertex, reason, deliveries."""
+        async with translate():
+            return await self.engine.dead_letters(limit)
+
+    async def replay(self, dead_letter_id: str) -> str:
+        """Replay a dead letter: its run reruns from the failed vertices. Answers the run id."""
+        async with translate():
+            return await self.engine.replay(dead_letter_id)
+
     async def runs(
         self,
         flow: str | Flow,

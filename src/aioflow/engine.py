@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -20,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import codec, keys
 from .errors import (
     InvalidCallbackUrl,
+    InvalidRunId,
     InvalidTransition,
     RedisUnavailable,
     ResultTimeout,
@@ -37,6 +39,7 @@ from .status import RunState, Status, parse_state
 
 log = logging.getLogger("aioflow")
 
+DLQ_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -390,6 +393,52 @@ class Engine:
         """Rerun a failed run from its failed vertices; answers how many were enqueued."""
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
         return await rerun(self.redis, rid, await self.plan(rid.flow))
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters of every registered flow (at most ``limit`` each)."""
+        out: list[dict[str, Any]] = []
+        for info in await self.flows():
+            for p in range(info.partitions):
+                rows: Any = await self.redis.xrevrange(f"{keys.tag(info.name, p)}:dlq", count=limit)
+                for eid, f in rows:
+                    g = {k.decode(): v for k, v in f.items()}
+                    run_key = g.get("r", b"").decode()
+                    out.append(
+                        {
+                            "id": f"{info.name}.{p}.{eid.decode()}",
+                            "run_id": f"{info.name}.{p}.{run_key}" if run_key else None,
+                            "vertex": g.get("a", b"").decode(errors="replace"),
+                            "message_id": g.get("id", b"").decode(),
+                            "reason": g.get("reason", b"").decode(errors="replace"),
+                            "deliveries": int(g.get("deliveries", b"0")),
+                            "at": float(g.get("at", b"0")),
+                        }
+                    )
+        out.sort(key=lambda d: d["at"], reverse=True)
+        return out
+
+    async def replay(self, dead_letter_id: str) -> str:
+        """Replay a dead letter: its run (failed by it) reruns from its failed vertices
+        and the entry leaves the dead-letter stream. Answers the run id."""
+        try:
+            flow, part, eid = dead_letter_id.split(".", 2)
+            keys.check_flow_name(flow)
+            p = int(part)
+            if not DLQ_ID_RE.match(eid):
+                raise ValueError(eid)
+        except (ValueError, InvalidRunId):
+            raise InvalidRunId(f"invalid dead letter id {dead_letter_id!r}") from None
+        rows: Any = await self.redis.xrange(f"{keys.tag(flow, p)}:dlq", eid, eid)
+        if not rows:
+            raise RunNotFound(f"no dead letter {dead_letter_id!r}")
+        f = rows[0][1]
+        if f.get(b"k") == b"?" or not f.get(b"r"):
+            raise InvalidTransition(
+                f"dead letter {dead_letter_id!r} is an undecodable message: it cannot be replayed"
+            )
+        rid = RunId(flow, p, f[b"r"].decode())
+        await rerun(self.redis, rid, await self.plan(flow), on_dead_letter=eid)
+        return str(rid)
 
     async def plan(self, flow: str) -> Plan:
         info = await self.flow_info(flow)

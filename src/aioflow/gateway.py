@@ -215,6 +215,53 @@ async def list_runs(request: web.Request) -> web.Response:
     )
 
 
+async def dead_letters(request: web.Request) -> web.Response:
+    try:
+        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+    except ValueError as e:
+        raise web.HTTPBadRequest(text=str(e)) from None
+    return _json({"dead_letters": await _engine(request).dead_letters(limit)})
+
+
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    run_id = await _engine(request).replay(request.match_info["id"])
+    return _json({"run_id": run_id, "status": "running"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    lines = [
+        "# HELP aioflow_stream_length Entries in a flow partition's stream.",
+        "# TYPE aioflow_stream_length gauge",
+        "# HELP aioflow_pending Messages delivered to a worker and not yet acknowledged.",
+        "# TYPE aioflow_pending gauge",
+        "# HELP aioflow_dead_letters Entries in a flow partition's dead-letter stream.",
+        "# TYPE aioflow_dead_letters gauge",
+        "# HELP aioflow_delayed Messages waiting in the delayed set (retries, delayed starts).",
+        "# TYPE aioflow_delayed gauge",
+    ]
+    for info in await engine.flows():
+        for p in range(info.partitions):
+            tag = f"af:{{{info.name}:{p}}}"
+            async with engine.redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(f"{tag}:q")
+                pipe.xpending(f"{tag}:q", "workers")
+                pipe.xlen(f"{tag}:dlq")
+                pipe.zcard(f"{tag}:z")
+                length, pending, dlq, delayed = await pipe.execute(raise_on_error=False)
+            labels = f'{{flow="{info.name}",partition="{p}"}}'
+            pend = pending.get("pending", 0) if isinstance(pending, dict) else 0
+            for name, value in (
+                ("aioflow_stream_length", length),
+                ("aioflow_pending", pend),
+                ("aioflow_dead_letters", dlq),
+                ("aioflow_delayed", delayed),
+            ):
+                if isinstance(value, int):
+                    lines.append(f"{name}{labels} {value}")
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
 async def flow_definition(request: web.Request) -> web.Response:
     info = await _engine(request).flow_info(_flow_name(request))
     return _json(info.definition)
@@ -264,6 +311,9 @@ def create_app(
     app.router.add_get("/", dashboard)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/flows", list_flows)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/dead-letters", dead_letters)
+    app.router.add_post("/dead-letters/{id}/replay", replay_dead_letter)
     app.router.add_get("/flow/{name}", flow_definition)
     app.router.add_post("/flow/{name}", start_run)
     app.router.add_get("/flow/{name}/runs", list_runs)

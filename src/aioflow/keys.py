@@ -12,6 +12,7 @@ vertices travel on, so each script touches one Cluster slot::
     af:{flow:p}:dlq                stream dead letters
     af:{flow:p}:done               pub/sub channel: "<key>\\n<status>\\n<payload>"
     af:ctl                         pub/sub channel: control (stop) messages for workers
+    af:workers                     hash  worker name -> heartbeat JSON (host, pid, last read)
 
 A run id is ``<flow>.<partition>.<key>``: it names its flow and partition.
 """
@@ -30,6 +31,7 @@ from .model import FLOW_NAME_RE
 GROUP = "workers"
 FLOWS = "af:flows"
 CONTROL = "af:ctl"
+WORKERS = "af:workers"
 RUN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

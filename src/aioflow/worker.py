@@ -740,12 +740,41 @@ class Worker:
         while not self._stopping.is_set():
             await asyncio.sleep(every)
             with contextlib.suppress(*REDIS_ERRORS):
+                await self._heartbeat()
                 await self._extend_leases()
                 await self._reclaim(int(vt * 1000))
                 if time.monotonic() - last_trim > 5.0:
                     last_trim = time.monotonic()
                     for stream in self._stream_list:
                         await SCRIPTS.call(self.redis, "trim", stream)
+                    await self._prune_index()
+
+    async def _heartbeat(self) -> None:
+        doc = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "last_read": time.time() - (time.monotonic() - self.last_read),
+            "inflight": len(self._inflight),
+            "beat": time.time(),
+            "completed": self.completed,
+        }
+        await self.redis.hset(keys.WORKERS, self.consumer, codec.dumps(doc))
+
+    async def _prune_index(self) -> None:
+        """Drop index entries of runs that expired (the index outlives no run)."""
+        horizon = self.clock() - self.settings.result_ttl
+        for stream in self._stream_list:
+            tag = stream[:-2]
+            old: Any = await self.redis.zrangebyscore(f"{tag}:i", "-inf", horizon, start=0, num=500)
+            if not old:
+                continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for k in old:
+                    pipe.exists(f"{tag}:r:{k.decode()}")
+                alive = await pipe.execute()
+            gone = [k for k, a in zip(old, alive, strict=True) if not a]
+            if gone:
+                await self.redis.zrem(f"{tag}:i", *gone)
 
     async def _extend_leases(self) -> None:
         by_stream: dict[str, list[bytes]] = {}
