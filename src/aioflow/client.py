@@ -7,6 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from . import tracing
 from .app import connect
 from .engine import Engine, translate
 from .errors import ConfigError
@@ -46,7 +47,12 @@ class Client:
         else:
             self._owned = False
         self.redis = redis
-        self.engine = Engine(redis, result_ttl=result_ttl or Settings.from_env().result_ttl)
+        env = Settings.from_env()
+        self.engine = Engine(
+            redis,
+            result_ttl=result_ttl or env.result_ttl,
+            tracing=tracing.configure(env.tracing),
+        )
 
     async def __aenter__(self) -> Client:
         return self

@@ -36,6 +36,7 @@ from .plan import Plan, compile_dag, dag_from_description
 from .rerun import rerun
 from .scripts import SCRIPTS
 from .status import RunState, Status, parse_state
+from .tracing import run_span
 
 log = logging.getLogger("aioflow")
 
@@ -229,8 +230,10 @@ class Engine:
         *,
         result_ttl: float = 86400.0,
         clock: Callable[[], float] = time.time,
+        tracing: bool = False,
     ) -> None:
         self.redis = redis
+        self.tracing = tracing
         self.result_ttl = result_ttl
         self.clock = clock
         self.waiter = Waiter(redis)
@@ -284,6 +287,10 @@ class Engine:
         rid = rid or await self.new_run_id(flow, run_id)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
+        traceparent = ""
+        if self.tracing:
+            with run_span(flow, str(rid)) as traceparent:
+                pass
         created = await SCRIPTS.call(
             self.redis,
             "submit",
@@ -297,6 +304,7 @@ class Engine:
             *info.entries,
             "1" if info.hooks or callback_url else "",
             callback_url or "",
+            traceparent,
         )
         return rid, bool(created)
 

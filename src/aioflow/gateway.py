@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from . import codec
+from . import codec, tracing
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
@@ -295,7 +295,9 @@ def create_app(
     (definitions become visible to clients); ``redis`` is not closed by the app."""
     settings = settings or Settings()
     app = web.Application(client_max_size=settings.max_body, middlewares=[errors])
-    engine = Engine(redis, result_ttl=settings.result_ttl)
+    engine = Engine(
+        redis, result_ttl=settings.result_ttl, tracing=tracing.configure(settings.tracing)
+    )
     app[ENGINE] = engine
     app[SETTINGS] = settings
 

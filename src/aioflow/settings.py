@@ -27,6 +27,8 @@ class Settings:
     - ``grace``: seconds a draining worker waits for running nodes on SIGTERM (30).
     - ``hmac_secret``: when set, the gateway requires ``X-Hub-Signature-256``
       (``sha256=`` HMAC of the body) on POST requests.
+    - ``tracing``: ``1`` for OpenTelemetry spans through the process's tracer
+      provider, ``console`` to print them; off by default.
     """
 
     redis_url: str | None = None
@@ -39,6 +41,7 @@ class Settings:
     port: int = 8080
     grace: float = 30.0
     hmac_secret: str | None = None
+    tracing: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

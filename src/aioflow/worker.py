@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from . import codec, keys
+from . import codec, keys, tracing
 from .context import Context, RunStore
 from .engine import REDIS_ERRORS, register
 from .errors import ConfigError, DefinitionError, NodeTimeout, RunFailed
@@ -63,6 +63,7 @@ class Msg:
     attempt: int = 0
     fetched: list[bytes | None] = field(default_factory=list)
     wants_ctx: bool = False
+    trace: bytes | None = None
 
     @property
     def rid(self) -> RunId:
@@ -146,6 +147,7 @@ class Worker:
         self.fenced = 0
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self._http: aiohttp.ClientSession | None = None
+        self.tracing = tracing.configure(self.settings.tracing)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -332,7 +334,9 @@ class Worker:
             if code == b"go":
                 m.attempt = int(r[1])
                 m.fetched = list(r[2:])
-                task = asyncio.create_task(self._execute(m))
+                if self.tracing:
+                    m.trace = m.fetched.pop()
+                task = asyncio.create_task(self._traced(m) if self.tracing else self._execute(m))
                 self._inflight[m.id] = (m, task)
                 self._by_run.setdefault((stream, m.uid), set()).add(m.id)
             elif code == b"dead":
@@ -348,7 +352,7 @@ class Worker:
         fields: list[str] = []
         if m.kind == "f":
             m.wants_ctx = True
-            return ["status", "err", "result", "cbu", "opts"]
+            return ["status", "err", "result", "cbu", "opts", *(["tp"] if self.tracing else [])]
         if m.kind == "c":
             fields.append(f"gk:{m.addr}")
         elif node.parents and not (node.single_input and m.data is not None):
@@ -360,6 +364,8 @@ class Worker:
             m.wants_ctx = False
         if m.wants_ctx:
             fields.append("opts")
+        if self.tracing:
+            fields.append("tp")
         return fields
 
     def _fn_info(self, fn: Callable[..., Any]) -> _Fn:
@@ -416,6 +422,10 @@ class Worker:
                 return await coro
         except TimeoutError:
             raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
+
+    async def _traced(self, m: Msg) -> None:
+        with tracing.vertex_span(m.trace, m.flow.name, str(m.rid), m.addr, m.attempt):
+            await self._execute(m)
 
     async def _execute(self, m: Msg) -> None:
         data: Any = None
@@ -592,6 +602,8 @@ class Worker:
         return report
 
     async def _failed(self, m: Msg, error: Exception, data: Any) -> None:
+        if self.tracing:
+            tracing.mark_error(error)
         vertex = m.node.vertex
         if vertex is not None and vertex.kind == "node":
             if vertex.retry.should_retry(error, m.attempt):

@@ -9,6 +9,7 @@ redis.call('ZADD', pre .. ':i', now, uid)
 local last = 6 + tonumber(ARGV[6])
 if ARGV[last + 1] == '1' then redis.call('HSET', run, 'hooks', '1') end
 if ARGV[last + 2] and ARGV[last + 2] ~= '' then redis.call('HSET', run, 'cbu', ARGV[last + 2]) end
+if ARGV[last + 3] and ARGV[last + 3] ~= '' then redis.call('HSET', run, 'tp', ARGV[last + 3]) end
 for j = 7, last do
   if due > 0 then
     redis.call('ZADD', pre .. ':z', due, uid .. '\n' .. ARGV[j] .. '\nn\n' .. j .. '\n' .. input)
