@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, keys
 from .errors import (
+    AioflowError,
     InvalidCallbackUrl,
     InvalidRunId,
     InvalidTransition,
@@ -49,6 +50,8 @@ async def translate() -> AsyncIterator[None]:
     """Turn Redis connection errors into :class:`RedisUnavailable` at the boundary."""
     try:
         yield
+    except AioflowError:
+        raise  # ResultTimeout is an OSError too: keep ours as they are
     except REDIS_ERRORS as e:
         raise RedisUnavailable(f"Redis is unavailable: {e}") from e
 

@@ -222,6 +222,8 @@ class Dag:
         elif retries is None:
             retry = RetryPolicy()
         elif isinstance(retries, int) and not isinstance(retries, bool):
+            if retries < 0:
+                raise DefinitionError(f"node {name!r}: retries must be >= 0, got {retries}")
             retry = RetryPolicy(retries=retries)
         else:
             raise DefinitionError(f"node {name!r}: retries must be an int or a RetryPolicy")

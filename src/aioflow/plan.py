@@ -40,7 +40,9 @@ class PNode:
     @property
     def single_input(self) -> bool:
         """Input is one parent's value (or the scope input), not a dict."""
-        return len(self.data_in) == 1 and (self.vertex is None or self.vertex.aggregate is None)
+        # on a group, aggregate= shapes its output, not its input
+        node_agg = self.kind == "node" and self.vertex is not None and self.vertex.aggregate
+        return len(self.data_in) == 1 and not node_agg
 
 
 @dataclass(eq=False)
