@@ -259,6 +259,8 @@ def _dev(app: App, data_dir: str) -> int:
         server.start()
         log.info("started redis-server %s (data in %s)", server.url, server.dir)
         app.settings = app.settings.replace(redis_url=server.url)
+        # so that clients in other processes can find it
+        (Path(data_dir) / "redis.url").write_text(server.url + "\n")
     try:
         return _run(lambda: _serve(app, worker=True, gateway=True))
     finally:

@@ -104,12 +104,18 @@ class Client:
         timeout: float | None = None,
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
+        callback_url: str | None = None,
     ) -> Any:
         """Start a run and return its result. Raises RunFailed, RunStopped, or
         ResultTimeout after ``timeout`` seconds (the run goes on)."""
         async with translate():
             rid, outcome = await self.engine.execute(
-                _name(flow), data, timeout=timeout, run_id=run_id, options=options
+                _name(flow),
+                data,
+                timeout=timeout,
+                run_id=run_id,
+                options=options,
+                callback_url=callback_url,
             )
             return self.engine.unwrap(rid, outcome)
 

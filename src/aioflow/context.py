@@ -42,7 +42,7 @@ class Context:
     - ``attempt``: 1 on the first execution, counting retries and redeliveries;
     - ``options``: the request's query parameters, ``dict[str, list[str]]``;
     - ``store``: a :class:`RunStore` shared by the run's vertices;
-    - ``log``: a logger that prefixes the run id and vertex.
+    - ``log``: a logger adapter carrying ``run_id`` and ``vertex`` as record attributes.
     """
 
     __slots__ = ("attempt", "flow", "log", "options", "run_id", "store", "vertex")

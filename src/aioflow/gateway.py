@@ -104,16 +104,25 @@ def _result_response(stored: bytes, rid: RunId) -> web.Response:
     return _json(codec.to_json_bytes(stored), headers=headers)
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
+@web.middleware
+async def signed(request: web.Request, handler: Any) -> web.StreamResponse:
+    """With ``hmac_secret`` set, every POST needs ``X-Hub-Signature-256``."""
     secret = request.app[SETTINGS].hmac_secret
-    if secret:
+    if secret and request.method == "POST":
+        raw = await request.read()
         sig = request.headers.get("X-Hub-Signature-256", "")
         want = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(sig, want):
-            raise web.HTTPUnauthorized(
-                text="missing or wrong X-Hub-Signature-256 (sha256=HMAC of the body)"
+            return _error(
+                401,
+                "unauthorized",
+                "missing or wrong X-Hub-Signature-256 (sha256=HMAC of the body)",
             )
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
     if request.content_type == "application/json":
         if not raw:
             return None
@@ -294,7 +303,7 @@ def create_app(
     """The gateway as an aiohttp application. ``flows`` are registered at startup
     (definitions become visible to clients); ``redis`` is not closed by the app."""
     settings = settings or Settings()
-    app = web.Application(client_max_size=settings.max_body, middlewares=[errors])
+    app = web.Application(client_max_size=settings.max_body, middlewares=[errors, signed])
     engine = Engine(
         redis, result_ttl=settings.result_ttl, tracing=tracing.configure(settings.tracing)
     )

@@ -209,7 +209,7 @@ class Worker:
         # completions already queued, then the hand-backs, until all are applied
         for m, _ in left:
             if m.id in self._inflight:
-                self._queue(m, self._handback_ops(m), mode="r", vstatus="")
+                self._queue(m, self._handback_ops(m), mode="r", vstatus="queued")
         while self._done or self._inflight:
             await self._flush()
             if self._done:
