@@ -1,0 +1,1 @@
+"""Apps loaded by the subprocess tests (``aioflow serve|worker tests.apps.<module>:app``)."""

@@ -1,0 +1,131 @@
+"""The ``make run`` smoke test: ``aioflow dev examples/hello.py:app`` with no Redis URL
+starts its own redis-server, serves the example, and cleans up on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from aioflow.redis_server import free_port
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _redis_pids(data_dir: Path) -> set[int]:
+    """Live redis-server processes belonging to ``data_dir``: their working directory
+    (RedisServer runs the server in its dir) or their command line points into it.
+
+    redis-server rewrites its process title, so the command line alone is not enough.
+    """
+    root = str(data_dir.resolve())
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone, or not ours to inspect
+            continue
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie is not running
+            continue
+        if "redis" not in cmdline:
+            continue
+        if cwd == root or cwd.startswith(root + os.sep) or root in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "dev-data"
+    try:
+        yield d
+    finally:
+        for pid in _redis_pids(d):  # only if the test failed to have them cleaned up
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _healthy(session: aiohttp.ClientSession, base: str) -> bool:
+    try:
+        async with session.get(f"{base}/healthz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+def _start_dev(port: int, data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``aioflow dev examples/hello.py:app`` with no AIOFLOW_* variables (so no Redis URL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aioflow",
+                "dev",
+                "examples/hello.py:app",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def test_dev_runs_hello_and_cleans_up(tmp_path: Path, data_dir: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "dev.log"
+    proc = _start_dev(port, data_dir, log_path)
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def ready() -> bool:
+                assert proc.poll() is None, f"aioflow dev exited {proc.returncode}:\n{output()}"
+                return await _healthy(session, base)
+
+            await wait_until(ready, timeout=30, what="aioflow dev /healthz")
+            async with session.post(f"{base}/flow/hello?wait=5", json={"name": "x"}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.json() == {"message": "HELLO, X!"}
+
+        # its own redis-server runs, with its data under --data-dir
+        pids = _redis_pids(data_dir)
+        assert len(pids) == 1, f"expected one redis-server under {data_dir}, found {pids}"
+        assert (data_dir / "redis").is_dir()
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"aioflow dev did not exit on SIGINT:\n{output()}") from None
+        assert code == 0, f"aioflow dev exited {code}:\n{output()}"
+        await wait_until(
+            lambda: not _redis_pids(data_dir), timeout=15, what="the redis-server to exit"
+        )
+        assert "Traceback" not in output(), output()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
