@@ -21,7 +21,7 @@ __all__ = ["RedisFactory", "wait_until"]
 async def wait_until(
     cond: Callable[[], Awaitable[bool] | bool],
     *,
-    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline for the condition, by design
+    timeout: float = 10.0,
     what: str = "condition",
     interval: float = 0.01,
 ) -> None:
