@@ -6,6 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigError, DefinitionError
 from .model import Flow
@@ -23,6 +27,10 @@ def connect(url: str, *, max_connections: int = 64) -> Redis:
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=15,
+        # a pooled connection that died with a restarted server is replaced and the
+        # command sent again: every aioflow script is idempotent, so this is safe
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)
 

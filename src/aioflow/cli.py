@@ -128,15 +128,8 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
     tasks: list[asyncio.Task[None]] = []
     try:
         if worker:
-            w = Worker(app.flows, redis, settings=s)
-            await w.prepare()
+            w = Worker(app.flows, redis, settings=s)  # run() waits for Redis with backoff
             tasks.append(asyncio.create_task(w.run()))
-            log.info(
-                "worker %s: concurrency %d, flows %s",
-                w.consumer,
-                s.concurrency,
-                ", ".join(f.name for f in app.flows),
-            )
         if gateway:
             runner = web.AppRunner(create_app(redis, flows=app.flows, settings=s), access_log=None)
             await runner.setup()

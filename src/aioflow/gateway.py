@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -310,11 +311,30 @@ def create_app(
     app[ENGINE] = engine
     app[SETTINGS] = settings
 
+    async def register_when_up() -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await register(redis, flows or [])
+                return
+            except REDIS_ERRORS as e:
+                log.warning("cannot register flows yet (%s); retrying in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    registering: list[asyncio.Task[None]] = []
+
     async def on_startup(_: web.Application) -> None:
+        # the gateway serves (503 while Redis is away) even if Redis is not up yet
         if flows:
-            await register(redis, flows)
+            try:
+                await register(redis, flows)
+            except REDIS_ERRORS:
+                registering.append(asyncio.create_task(register_when_up()))
 
     async def on_cleanup(_: web.Application) -> None:
+        for t in registering:
+            t.cancel()
         await engine.close()
 
     app.on_startup.append(on_startup)

@@ -169,6 +169,12 @@ class Worker:
 
     async def run(self) -> None:
         await self._retrying(self.prepare)
+        log.info(
+            "worker %s: concurrency %d, flows %s",
+            self.consumer,
+            self.settings.concurrency,
+            ", ".join(self.flows),
+        )
         reader = self.redis.client()
         tasks = [
             asyncio.create_task(self._read_loop(reader), name="aioflow-read"),
@@ -692,8 +698,8 @@ class Worker:
                     if r == b"fenced":
                         self.fenced += 1
                         log.warning(
-                            "completion of %s %s refused: the message was reclaimed by another "
-                            "worker",
+                            "completion of %s %s refused: no longer pending for this worker "
+                            "(reclaimed by another, or applied by an earlier attempt)",
                             m.uid,
                             m.addr,
                         )
@@ -798,7 +804,9 @@ class Worker:
                 item = self._inflight.get(mid)
                 if item is not None:
                     log.warning(
-                        "lost the lease on %s (%s): another worker reclaimed it", mid, item[0].addr
+                        "no lease on %s (%s): acked already or reclaimed by another",
+                        mid,
+                        item[0].addr,
                     )
 
     async def _reclaim(self, min_idle_ms: int) -> None:
