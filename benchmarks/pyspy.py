@@ -115,6 +115,24 @@ def _package(frame: str) -> str:
     return path.split("/", 1)[0]
 
 
+# frames under which everything runs: useless as "total" hotspots
+_ROOTS = (
+    "(<frozen runpy>)",
+    "<module> (",
+    "main (aioflow/cli.py)",
+    "_run (aioflow/cli.py)",
+    "run (uvloop/__init__.py)",
+    "Runner.run (asyncio/runners.py)",
+    "main (run.py)",
+    "bench (run.py)",
+    "run.<locals>.wrapper (uvloop/__init__.py)",
+)
+
+
+def _is_root(frame: str) -> bool:
+    return any(r in frame for r in _ROOTS)
+
+
 @dataclass
 class Summary:
     """Self ("leaf") and inclusive sample shares per function and per package."""
@@ -124,6 +142,7 @@ class Summary:
     rate: int
     self_pct: list[tuple[str, float]] = field(default_factory=list)
     total_pct: list[tuple[str, float]] = field(default_factory=list)
+    aioflow_pct: list[tuple[str, float]] = field(default_factory=list)
     package_pct: list[tuple[str, float]] = field(default_factory=list)
 
     @property
@@ -140,6 +159,7 @@ class Summary:
             "busy": round(self.busy, 3),
             "self_pct": [[f, round(p, 2)] for f, p in self.self_pct[:top]],
             "total_pct": [[f, round(p, 2)] for f, p in self.total_pct[:top]],
+            "aioflow_total_pct": [[f, round(p, 2)] for f, p in self.aioflow_pct[:top]],
             "package_pct": [[f, round(p, 2)] for f, p in self.package_pct],
         }
 
@@ -150,8 +170,10 @@ class Summary:
             "  self%  function (leaf frame)",
         ]
         lines += [f"  {p:5.1f}  {f}" for f, p in self.self_pct[:top]]
-        lines.append("  total% function (anywhere on the stack)")
+        lines.append("  total% function (anywhere on the stack; event-loop roots left out)")
         lines += [f"  {p:5.1f}  {f}" for f, p in self.total_pct[:top]]
+        lines.append("  total% aioflow function")
+        lines += [f"  {p:5.1f}  {f}" for f, p in self.aioflow_pct[:top]]
         lines.append("  self% by package")
         lines += [f"  {p:5.1f}  {f}" for f, p in self.package_pct]
         return "\n".join(lines)
@@ -179,6 +201,8 @@ def summarise(raw: Path, seconds: float, rate: int) -> Summary:
     s = Summary(total, seconds, rate)
     if total:
         s.self_pct = [(f, 100 * n / total) for f, n in leaf.most_common()]
-        s.total_pct = [(f, 100 * n / total) for f, n in incl.most_common()]
+        ranked = [(f, 100 * n / total) for f, n in incl.most_common()]
+        s.total_pct = [(f, p) for f, p in ranked if not _is_root(f)]
+        s.aioflow_pct = [(f, p) for f, p in s.total_pct if "(aioflow/" in f]
         s.package_pct = [(f, 100 * n / total) for f, n in pkg.most_common()]
     return s

@@ -63,6 +63,7 @@ import uvloop  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 import aioflow  # noqa: E402
+from aioflow import keys  # noqa: E402
 from aioflow.app import connect  # noqa: E402
 from aioflow.redis_server import RedisServer, free_port  # noqa: E402
 from aioflow.scripts import SCRIPTS  # noqa: E402
@@ -73,6 +74,7 @@ RESULT_TIMEOUT = 600.0
 SLOWLOG_MAX = 1_000_000
 MORE_ARGS = re.compile(rb"\.\.\. \((\d+) more arguments\)$")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+UVLOOP_VERSION: str = getattr(uvloop, "__version__", "?")
 
 
 # -- what is measured, and what it is compared with ------------------------------------
@@ -217,7 +219,7 @@ class Meter:
     async def stop(self, vertices: int, last_phase: str = "end") -> dict[str, Any]:
         await self.mark(last_phase)
         stats = await self.redis.info("commandstats")
-        commands = sorted(
+        commands: list[dict[str, Any]] = sorted(
             (
                 {
                     "command": k.removeprefix("cmdstat_"),
@@ -228,7 +230,7 @@ class Meter:
                 for k, v in stats.items()
                 if isinstance(v, dict)
             ),
-            key=lambda c: -c["usec"],
+            key=lambda c: -int(c["usec"]),
         )
         scripts = await self._scripts() if self.slowlog else None
         total = self.marks[-1][1].minus(self.marks[0][1])
@@ -493,7 +495,7 @@ async def wait_ready(
                 raise RuntimeError(
                     f"worker {i} exited with {p.returncode}:\n{tail(log_dir / f'worker{i}.log')}"
                 )
-        registered = await redis.hmget("af:flows", names)  # type: ignore[misc]
+        registered = await redis.hmget(keys.FLOWS, names)
         readers = [c for c in await redis.client_list() if c.get("cmd") == "xreadgroup"]
         if all(registered) and len(readers) >= len(procs):
             return
@@ -836,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         f"aioflow {aioflow.__version__} - redis {env['redis_version']} (appendonly "
-        f"{env['appendonly']}), Python {platform.python_version()}, uvloop {uvloop.__version__}, "
+        f"{env['appendonly']}), Python {platform.python_version()}, uvloop {UVLOOP_VERSION}, "
         f"{opts.workers} worker x {opts.concurrency}, {os.cpu_count()} CPUs, scale {opts.scale:g}"
         + (" - PROFILED (py-spy slows things down)" if opts.profile else "")
     )
@@ -863,7 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "appendonly": env["appendonly"],
         "redis_py": redis_py.__version__,
         "hiredis": getattr(hiredis, "__version__", None),
-        "uvloop": uvloop.__version__,
+        "uvloop": UVLOOP_VERSION,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "workers": opts.workers,

@@ -435,7 +435,7 @@ class Engine:
             flow, part, eid = dead_letter_id.split(".", 2)
             keys.check_flow_name(flow)
             p = int(part)
-            if not DLQ_ID_RE.match(eid):
+            if not DLQ_ID_RE.fullmatch(eid) or any(int(x) >= 2**64 for x in eid.split("-")):
                 raise ValueError(eid)
         except (ValueError, InvalidRunId):
             raise InvalidRunId(f"invalid dead letter id {dead_letter_id!r}") from None

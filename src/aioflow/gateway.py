@@ -113,7 +113,7 @@ async def signed(request: web.Request, handler: Any) -> web.StreamResponse:
         raw = await request.read()
         sig = request.headers.get("X-Hub-Signature-256", "")
         want = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(sig, want):
+        if not hmac.compare_digest(sig.encode("utf-8", "surrogateescape"), want.encode()):
             return _error(
                 401,
                 "unauthorized",

@@ -36,7 +36,7 @@ RUN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def check_flow_name(name: str) -> str:
-    if not isinstance(name, str) or not FLOW_NAME_RE.match(name):
+    if not isinstance(name, str) or not FLOW_NAME_RE.fullmatch(name):
         raise InvalidRunId(f"invalid flow name {name!r}")
     return name
 
@@ -75,7 +75,7 @@ class RunId:
         if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 4:
             raise InvalidRunId(f"invalid run id {run_id!r}: expected <flow>.<partition>.<key>")
         name, part, key = parts
-        if not FLOW_NAME_RE.match(name) or not RUN_KEY_RE.match(key):
+        if not FLOW_NAME_RE.fullmatch(name) or not RUN_KEY_RE.fullmatch(key):
             raise InvalidRunId(f"invalid run id {run_id!r}")
         if flow is not None and name != flow:
             raise InvalidRunId(f"run id {run_id!r} does not belong to flow {flow!r}")
@@ -115,6 +115,6 @@ def partition_for(key: str, partitions: int, *, caller_chosen: bool) -> int:
 
 
 def check_run_key(key: str) -> str:
-    if not isinstance(key, str) or not RUN_KEY_RE.match(key):
+    if not isinstance(key, str) or not RUN_KEY_RE.fullmatch(key):
         raise InvalidRunId(f"invalid run id {key!r}: use 1-64 characters of [A-Za-z0-9_-]")
     return key

@@ -61,7 +61,7 @@ class Edge:
 
 
 def check_name(name: object, what: str = "vertex") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise DefinitionError(
             f"invalid {what} name {name!r}: use 1-64 characters of letters, digits, '_' or '-', "
             "starting with a letter or digit"
@@ -381,7 +381,7 @@ class Flow(Dag):
         finally_: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(name, str) or not FLOW_NAME_RE.match(name):
+        if not isinstance(name, str) or not FLOW_NAME_RE.fullmatch(name):
             raise DefinitionError(
                 f"invalid flow name {name!r}: use 1-64 characters of lowercase letters, digits, "
                 "'_' or '-', starting with a letter or digit"

@@ -301,7 +301,7 @@ class Worker:
                 a = f.get(b"a", b"") if isinstance(f, dict) else b""
                 args += [
                     mid,
-                    u if keys.RUN_KEY_RE.match(u.decode("latin-1")) else b"",
+                    u if keys.RUN_KEY_RE.fullmatch(u.decode("latin-1")) else b"",
                     a,
                     "?",
                     "",
