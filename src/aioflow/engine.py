@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, keys
+from .conn import Conn, lean
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -208,9 +209,12 @@ class Waiter:
                     self._resolve(ch, key, outcome)
 
 
-async def fetch_outcome(redis: Redis, rid: RunId) -> Outcome | None:
+async def fetch_outcome(redis: Redis | Conn, rid: RunId) -> Outcome | None:
     """The outcome of a finished run, None while it runs; raises RunNotFound."""
-    vals: Any = await redis.hmget(rid.run, ["status", "result", "err"])
+    if isinstance(redis, Redis):
+        vals: Any = await redis.hmget(rid.run, ["status", "result", "err"])
+    else:
+        vals = await redis.execute("HMGET", rid.run, "status", "result", "err")
     status, result, err = vals
     if status is None:
         raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
@@ -236,6 +240,7 @@ class Engine:
         tracing: bool = False,
     ) -> None:
         self.redis = redis
+        self.fast = lean(redis)  # submit and result reads: the per-run path
         self.tracing = tracing
         self.result_ttl = result_ttl
         self.clock = clock
@@ -244,6 +249,7 @@ class Engine:
 
     async def close(self) -> None:
         await self.waiter.close()
+        await self.fast.aclose()
 
     async def flow_info(self, name: str) -> FlowInfo:
         info = self._flows.get(name)
@@ -295,7 +301,7 @@ class Engine:
             with run_span(flow, str(rid)) as traceparent:
                 pass
         created = await SCRIPTS.call(
-            self.redis,
+            self.fast,
             "submit",
             rid.stream,
             rid.key,
@@ -329,7 +335,7 @@ class Engine:
                 flow, data, options=options, rid=rid, callback_url=callback_url
             )
             if not created:
-                outcome = await fetch_outcome(self.redis, rid)
+                outcome = await fetch_outcome(self.fast, rid)
                 if outcome is not None:
                     return rid, outcome
             return rid, await self._await(rid, fut, timeout)
@@ -339,10 +345,13 @@ class Engine:
     async def wait(self, run_id: str | RunId, timeout: float | None = None) -> Outcome | None:
         """The run's outcome once it ends; None if ``timeout`` seconds pass first."""
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        outcome = await fetch_outcome(self.fast, rid)
+        if outcome is not None:  # finished already: no need to listen
+            return outcome
         await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
         fut = self.waiter.register(rid)
         try:
-            outcome = await fetch_outcome(self.redis, rid)
+            outcome = await fetch_outcome(self.fast, rid)
             if outcome is not None:
                 return outcome
             return await self._await(rid, fut, timeout)
@@ -358,7 +367,7 @@ class Engine:
             return None
         if outcome.status is Status.COMPLETED and not outcome.payload:
             # too large to travel in the notification: read it
-            outcome = await fetch_outcome(self.redis, rid) or outcome
+            outcome = await fetch_outcome(self.fast, rid) or outcome
         return outcome
 
     def unwrap(self, rid: RunId | str, outcome: Outcome | None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 
@@ -37,7 +38,12 @@ class RetryPolicy:
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether attempt number ``attempt`` (1-based) failing with ``error`` is retried."""
-        return attempt <= self.retries and isinstance(error, self.retry_on)
+        if attempt > self.retries:
+            return False
+        # a CancelledError the node raised itself (not a stop) counts as an Exception
+        if isinstance(error, asyncio.CancelledError) and Exception in self.retry_on:
+            return True
+        return isinstance(error, self.retry_on)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the attempt after attempt number ``attempt``."""

@@ -13,6 +13,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from .conn import Conn
+
 NAMES = ("claim", "complete", "submit", "move", "control", "lease", "trim")
 
 
@@ -28,7 +30,7 @@ class Scripts:
         self.source = {n: _source(n) for n in NAMES}
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
 
-    async def call(self, redis: Redis, name: str, key: str, *args: Any) -> Any:
+    async def call(self, redis: Redis | Conn, name: str, key: str, *args: Any) -> Any:
         try:
             return await redis.evalsha(self.sha[name], 1, key, *args)
         except NoScriptError:

@@ -25,6 +25,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from . import codec, keys, tracing
+from .conn import Conn, Lean, RedisPyLean, lean
 from .context import Context, RunStore
 from .engine import REDIS_ERRORS, register
 from .errors import ConfigError, DefinitionError, NodeTimeout, RunFailed
@@ -64,6 +65,7 @@ class Msg:
     fetched: list[bytes | None] = field(default_factory=list)
     wants_ctx: bool = False
     trace: bytes | None = None
+    cancelled: str | None = None  # "stop" or "drain" when the worker cancelled the task
 
     @property
     def rid(self) -> RunId:
@@ -147,6 +149,7 @@ class Worker:
         self.fenced = 0
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self._http: aiohttp.ClientSession | None = None
+        self.fast = lean(redis)
         self.tracing = tracing.configure(self.settings.tracing)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -175,7 +178,8 @@ class Worker:
             self.settings.concurrency,
             ", ".join(self.flows),
         )
-        reader = self.redis.client()
+        # blocking reads get a connection of their own; scripts share self.fast
+        reader = Lean.from_redis(self.redis) or RedisPyLean(self.redis.client())
         tasks = [
             asyncio.create_task(self._read_loop(reader), name="aioflow-read"),
             asyncio.create_task(self._complete_loop(), name="aioflow-complete"),
@@ -194,6 +198,9 @@ class Worker:
                     await t
             with contextlib.suppress(*REDIS_ERRORS):
                 await reader.aclose()
+                await self.fast.aclose()
+                if isinstance(reader, RedisPyLean):
+                    await reader.redis.aclose()
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self._http is not None:
                 await self._http.close()
@@ -207,7 +214,8 @@ class Worker:
         left = list(self._inflight.values())
         if left:
             log.warning("grace period over: handing back %d running vertices", len(left))
-        for _, task in left:
+        for m, task in left:
+            m.cancelled = "drain"
             task.cancel()
         for _, task in left:
             with contextlib.suppress(asyncio.CancelledError):
@@ -238,7 +246,7 @@ class Worker:
     def _free(self) -> int:
         return self.settings.concurrency - len(self._inflight)
 
-    async def _read_loop(self, reader: Redis) -> None:
+    async def _read_loop(self, reader: Conn) -> None:
         backoff = 0.05
         while not self._stopping.is_set():
             free = self._free()
@@ -256,8 +264,18 @@ class Worker:
                 chosen = [self._stream_list[(start + i) % n] for i in range(free)]
                 count, block = 1, 10
             try:
-                resp: Any = await reader.xreadgroup(
-                    keys.GROUP, self.consumer, {s: ">" for s in chosen}, count=count, block=block
+                resp: Any = await reader.execute(
+                    "XREADGROUP",
+                    "GROUP",
+                    keys.GROUP,
+                    self.consumer,
+                    "COUNT",
+                    count,
+                    "BLOCK",
+                    block,
+                    "STREAMS",
+                    *chosen,
+                    *[">"] * len(chosen),
                 )
                 backoff = 0.05
             except REDIS_ERRORS as e:
@@ -267,7 +285,11 @@ class Worker:
                 continue
             self.last_read = time.monotonic()
             for stream, entries in resp or ():
-                await self._start(stream.decode(), entries, reclaimed=False)
+                await self._start(
+                    stream.decode() if isinstance(stream, bytes) else stream,
+                    entries,
+                    reclaimed=False,
+                )
 
     async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
         flow = self.streams[stream]
@@ -283,6 +305,8 @@ class Worker:
             if entry is None or entry[1] is None:
                 continue  # deleted from the stream while pending
             mid, f = entry
+            if not isinstance(f, dict):  # a raw reply: [field, value, field, value, ...]
+                f = dict(zip(f[::2], f[1::2], strict=False))
             try:
                 uid = f[b"r"].decode()
                 addr = f[b"a"].decode()
@@ -327,7 +351,7 @@ class Worker:
             return
         # messages count against concurrency from the moment they are read
         try:
-            res = await SCRIPTS.call(self.redis, "claim", stream, *args)
+            res = await SCRIPTS.call(self.fast, "claim", stream, *args)
         except REDIS_ERRORS as e:
             # not acked: they stay pending and are reclaimed after the visibility timeout
             log.warning("claim failed (%s); %d messages left for redelivery", e, len(msgs))
@@ -423,10 +447,13 @@ class Worker:
             coro = loop.run_in_executor(self._threads, lambda: v.fn(*args))  # type: ignore[misc]
         if v.timeout is None:
             return await coro
+        deadline = asyncio.timeout(v.timeout)
         try:
-            async with asyncio.timeout(v.timeout):
+            async with deadline:
                 return await coro
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the node's own TimeoutError, not ours
             raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
 
     async def _traced(self, m: Msg) -> None:
@@ -457,11 +484,15 @@ class Worker:
                 return
             value = codec.encode(out)
             self._queue(m, self._success_ops(m, value), value=value)
-        except asyncio.CancelledError:
-            if m.id in self._inflight and not self._stopping.is_set():
+        except asyncio.CancelledError as e:
+            if m.cancelled == "stop":
                 # stopped run: ack the message, nothing else
                 self._queue(m, [], mode="r", vstatus="stopped")
-            raise
+                raise
+            if m.cancelled == "drain":
+                raise  # handed back by _drain
+            # raised by the node itself: an ordinary failure
+            await self._failed(m, e, data)
         except Exception as e:
             await self._failed(m, e, data)
 
@@ -607,7 +638,7 @@ class Worker:
         log.warning("callback for run %s to %s failed: %s", run_id, url, report.get("error"))
         return report
 
-    async def _failed(self, m: Msg, error: Exception, data: Any) -> None:
+    async def _failed(self, m: Msg, error: BaseException, data: Any) -> None:
         if self.tracing:
             tracing.mark_error(error)
         vertex = m.node.vertex
@@ -711,7 +742,7 @@ class Worker:
         args: list[Any] = [self.consumer, repr(self.clock()), self.ttl_ms]
         for _, rec in items:
             args += rec
-        return await SCRIPTS.call(self.redis, "complete", stream, *args)
+        return await SCRIPTS.call(self.fast, "complete", stream, *args)
 
     def _release(self, m: Msg) -> None:
         if self._inflight.pop(m.id, None) is not None:
@@ -741,7 +772,7 @@ class Worker:
             for stream in self._stream_list:
                 try:
                     moved, score = await SCRIPTS.call(
-                        self.redis, "move", stream, int(now * 1000), 500
+                        self.fast, "move", stream, int(now * 1000), 500
                     )
                 except REDIS_ERRORS:
                     nxt = now + 0.5
@@ -764,7 +795,7 @@ class Worker:
                 if time.monotonic() - last_trim > 5.0:
                     last_trim = time.monotonic()
                     for stream in self._stream_list:
-                        await SCRIPTS.call(self.redis, "trim", stream)
+                        await SCRIPTS.call(self.fast, "trim", stream)
                     await self._prune_index()
 
     async def _heartbeat(self) -> None:
@@ -799,7 +830,7 @@ class Worker:
         for m, _ in self._inflight.values():
             by_stream.setdefault(m.stream, []).append(m.id)
         for stream, ids in by_stream.items():
-            lost = await SCRIPTS.call(self.redis, "lease", stream, self.consumer, *ids)
+            lost = await SCRIPTS.call(self.fast, "lease", stream, self.consumer, *ids)
             for mid in lost:
                 item = self._inflight.get(mid)
                 if item is not None:
@@ -814,10 +845,11 @@ class Worker:
             free = self._free()
             if free <= 0 or self._stopping.is_set():
                 return
-            res: Any = await self.redis.xautoclaim(
-                stream, keys.GROUP, self.consumer, min_idle_ms, start_id="0-0", count=free
+            res: Any = await self.fast.execute(
+                "XAUTOCLAIM", stream, keys.GROUP, self.consumer, min_idle_ms, "0-0", "COUNT", free
             )
-            entries = res[1] if res else []
+            # 6.2 answers deleted entries as nil, 7.0 lists them apart: skip both
+            entries = [e for e in (res[1] if res else []) if e and e[1] is not None]
             if entries:
                 log.info("reclaimed %d idle messages on %s", len(entries), stream)
                 await self._start(stream, entries, reclaimed=True)
@@ -849,4 +881,5 @@ class Worker:
             item = self._inflight.get(mid)
             if item is not None:
                 log.info("stopping %s of run %s", item[0].addr, run_id)
+                item[0].cancelled = "stop"
                 item[1].cancel()
