@@ -76,7 +76,7 @@ def _f(raw: bytes | None) -> float | None:
 def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
     vertices: dict[str, VertexState] = {}
     for k, v in h.items():
-        if k.startswith((b"s:$final", b"a:$final")):
+        if k.startswith((b"s:$", b"a:$")):  # internal vertices ($out, $final)
             continue
         if k.startswith(b"s:"):
             vertices.setdefault(k[2:].decode(), VertexState("")).status = v.decode()

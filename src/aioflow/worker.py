@@ -797,6 +797,7 @@ class Worker:
                     for stream in self._stream_list:
                         await SCRIPTS.call(self.fast, "trim", stream)
                     await self._prune_index()
+                    await self._prune_heartbeats()
 
     async def _heartbeat(self) -> None:
         doc = {
@@ -824,6 +825,14 @@ class Worker:
             gone = [k for k, a in zip(old, alive, strict=True) if not a]
             if gone:
                 await self.redis.zrem(f"{tag}:i", *gone)
+
+    async def _prune_heartbeats(self) -> None:
+        """Forget workers silent for a day, so af:workers stays bounded."""
+        beats: Any = await self.redis.hgetall(keys.WORKERS)
+        now = time.time()
+        stale = [n for n, d in beats.items() if now - codec.loads(d).get("beat", 0) > 86400]
+        if stale:
+            await self.redis.hdel(keys.WORKERS, *stale)
 
     async def _extend_leases(self) -> None:
         by_stream: dict[str, list[bytes]] = {}
