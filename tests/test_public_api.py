@@ -16,6 +16,7 @@ DOCUMENTED = [
     "DefinitionError",
     "Flow",
     "InvalidCallbackUrl",
+    "InvalidCursor",
     "InvalidRunId",
     "InvalidTransition",
     "NodeTimeout",

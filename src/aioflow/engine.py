@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 import urllib.parse
@@ -23,6 +24,7 @@ from .conn import Conn, lean
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
+    InvalidCursor,
     InvalidRunId,
     InvalidTransition,
     RedisUnavailable,
@@ -55,6 +57,17 @@ async def translate() -> AsyncIterator[None]:
         raise  # ResultTimeout is an OSError too: keep ours as they are
     except REDIS_ERRORS as e:
         raise RedisUnavailable(f"Redis is unavailable: {e}") from e
+
+
+def _parse_cursor(cursor: str) -> tuple[float, int, str]:
+    try:
+        score, part, key = cursor.split(":")
+        value = float(score)
+        if not math.isfinite(value) or not keys.RUN_KEY_RE.fullmatch(key):
+            raise ValueError(cursor)
+        return value, int(part), key
+    except ValueError:
+        raise InvalidCursor(f"invalid cursor {cursor!r}: pass the next_cursor of a page") from None
 
 
 def check_callback_url(url: str) -> str:
@@ -472,38 +485,54 @@ class Engine:
         limit: int = 20,
         cursor: str | None = None,
     ) -> tuple[list[RunState], str | None]:
-        """Runs of a flow, newest first: a page of states and the cursor of the next page."""
+        """Runs of a flow, newest first: a page of states and the cursor of the next page.
+
+        Runs are ordered by (created, partition, key), all descending, so runs
+        created at the same instant are neither skipped nor repeated across pages.
+        Raises InvalidCursor for a cursor this method did not hand out.
+        """
         info = await self.flow_info(flow)
         want = Status(status) if status else None
         limit = max(1, min(limit, 500))
-        top = f"({cursor}" if cursor else "+inf"
+        after = _parse_cursor(cursor) if cursor else None
         out: list[RunState] = []
-        next_cursor: str | None = None
+        last: tuple[float, int, str] | None = None
         while len(out) < limit:
-            batch: list[tuple[float, RunId]] = []
+            batch: list[tuple[float, int, str]] = []
             for p in range(info.partitions):
                 idx = f"{keys.tag(flow, p)}:i"
+                if after is None:
+                    top, extra = "+inf", 0
+                else:
+                    top, extra = (
+                        repr(after[0]),
+                        int(await self.redis.zcount(idx, after[0], after[0])),
+                    )
                 rows: Any = await self.redis.zrevrangebyscore(
-                    idx, top, "-inf", start=0, num=limit, withscores=True
+                    idx, top, "-inf", start=0, num=limit + extra, withscores=True
                 )
-                batch.extend((score, RunId(flow, p, k.decode())) for k, score in rows)
+                for k, score in rows:
+                    item = (float(score), p, k.decode())
+                    if after is None or item < after:
+                        batch.append(item)
             if not batch:
-                next_cursor = None
+                last = None
                 break
-            batch.sort(key=lambda t: t[0], reverse=True)
+            batch.sort(reverse=True)
             batch = batch[:limit]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for _, rid in batch:
-                    pipe.hgetall(rid.run)
+                for _, p, k in batch:
+                    pipe.hgetall(RunId(flow, p, k).run)
                 hashes = await pipe.execute()
-            for (score, rid), h in zip(batch, hashes, strict=True):
-                top = f"({score!r}"
-                next_cursor = repr(score)
+            for item, h in zip(batch, hashes, strict=True):
+                after = last = item
                 if not h or b"status" not in h:
                     continue
-                st = parse_state(str(rid), flow, h)
+                st = parse_state(str(RunId(flow, item[1], item[2])), flow, h)
                 if want is None or st.status is want:
                     out.append(st)
                     if len(out) == limit:
                         break
-        return out, next_cursor if len(out) == limit else None
+        if len(out) < limit or last is None:
+            return out, None
+        return out, f"{last[0]!r}:{last[1]}:{last[2]}"

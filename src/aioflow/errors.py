@@ -10,6 +10,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
+    ├── InvalidCursor        a listing cursor that no page handed out
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
     ├── RunFailed            the run ended ``failed``: carries vertex, type, message, traceback
     ├── RunStopped           the run was stopped before it finished
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DefinitionError",
     "InvalidCallbackUrl",
+    "InvalidCursor",
     "InvalidRunId",
     "InvalidTransition",
     "NodeTimeout",
@@ -65,6 +67,10 @@ class InvalidRunId(AioflowError, ValueError):
 
 class InvalidCallbackUrl(AioflowError, ValueError):
     """A callback URL that is not an absolute http(s) URL."""
+
+
+class InvalidCursor(AioflowError, ValueError):
+    """A listing cursor that is not one a previous page handed out."""
 
 
 class InvalidTransition(AioflowError):

@@ -18,6 +18,7 @@ from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
+    InvalidCursor,
     InvalidRunId,
     InvalidTransition,
     RedisUnavailable,
@@ -50,6 +51,7 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (RunNotFound, 404, "run_not_found"),
     (InvalidRunId, 400, "invalid_id"),
     (InvalidCallbackUrl, 400, "invalid_callback_url"),
+    (InvalidCursor, 400, "invalid_cursor"),
     (InvalidTransition, 409, "invalid_transition"),
     (RedisUnavailable, 503, "redis_unavailable"),
 ]
@@ -204,8 +206,6 @@ async def list_runs(request: web.Request) -> web.Response:
         status = Status(q["status"]) if q.get("status") else None
         limit = int(q.get("limit", "20"))
         cursor = q.get("cursor") or None
-        if cursor is not None:
-            float(cursor)
     except ValueError as e:
         raise web.HTTPBadRequest(text=str(e)) from None
     runs, nxt = await _engine(request).runs(name, status=status, limit=limit, cursor=cursor)

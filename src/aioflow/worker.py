@@ -763,7 +763,8 @@ class Worker:
     async def _delayed_loop(self) -> None:
         while not self._stopping.is_set():
             now = self.clock()
-            wait = 1.0 if self._next_due == 0 else max(0.0, min(1.0, self._next_due - now))
+            # others' retries and delayed starts are found by polling every 0.25 s
+            wait = 0.25 if self._next_due == 0 else max(0.0, min(0.25, self._next_due - now))
             self._due_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due_event.wait(), wait)
@@ -790,6 +791,7 @@ class Worker:
             await asyncio.sleep(every)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._heartbeat()
+                await self._cancel_stopped()
                 await self._extend_leases()
                 await self._reclaim(int(vt * 1000))
                 if time.monotonic() - last_trim > 5.0:
@@ -833,6 +835,22 @@ class Worker:
         stale = [n for n, d in beats.items() if now - codec.loads(d).get("beat", 0) > 86400]
         if stale:
             await self.redis.hdel(keys.WORKERS, *stale)
+
+    async def _cancel_stopped(self) -> None:
+        """Cancel nodes of runs stopped meanwhile: the pub/sub stop message is only a
+        fast path, a worker whose subscription dropped still finds out here."""
+        runs = list(self._by_run)
+        if not runs:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, uid in runs:
+                pipe.hget(f"{stream[:-2]}:r:{uid}", "status")
+            statuses = await pipe.execute()
+        for (stream, uid), st in zip(runs, statuses, strict=True):
+            if st == b"stopped":
+                flow = self.streams[stream].name
+                part = stream.split(":")[-2].rstrip("}")
+                self._on_control(f"stop {flow}.{part}.{uid}")
 
     async def _extend_leases(self) -> None:
         by_stream: dict[str, list[bytes]] = {}
