@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 from typing import Any
 
@@ -24,6 +25,11 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+
+
+def _pack(*args: Any) -> bytes:
+    packed: bytes = hiredis.pack_command(args)
+    return packed
 
 
 class _Protocol(asyncio.Protocol):
@@ -121,7 +127,7 @@ class Lean:
             raise proto.lost or RedisConnectionError("not connected")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.waiters.append(fut)
-        proto.transport.write(hiredis.pack_command(args))
+        proto.transport.write(_pack(*args))
         reply = await fut
         if isinstance(reply, ResponseError):
             if str(reply).startswith("NOSCRIPT"):
@@ -173,3 +179,93 @@ Conn = Lean | RedisPyLean
 def lean(redis: Redis) -> Lean | RedisPyLean:
     """The fastest connection to the server of ``redis`` that aioflow can use."""
     return Lean.from_redis(redis) or RedisPyLean(redis)
+
+
+class _PushProtocol(asyncio.Protocol):
+    def __init__(self, on_reply: Any) -> None:
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.on_reply = on_reply
+        self.transport: Any = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            self.on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class Subscriber:
+    """A pub/sub connection that stays subscribed: it reconnects with backoff and
+    subscribes again to every channel; each confirmation (first or after a
+    reconnect) and each message goes to ``on_event(kind, channel, data)``."""
+
+    def __init__(self, lean: Lean, on_event: Any) -> None:
+        self._lean = lean
+        self._on_event = on_event
+        self.channels: set[str] = set()
+        self._proto: _PushProtocol | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_reply(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3:
+            self._on_event(reply[0], reply[1], reply[2])
+
+    def _send_subscribe(self, channels: list[str]) -> None:
+        if self._proto is not None and self._proto.transport is not None and channels:
+            self._proto.transport.write(_pack("SUBSCRIBE", *channels))
+
+    def subscribe(self, channel: str) -> None:
+        if channel in self.channels:
+            return
+        self.channels.add(channel)
+        if self._task is None:
+            self._task = asyncio.create_task(self._keep(), name="aioflow-subscriber")
+        else:
+            self._send_subscribe([channel])
+
+    async def _keep(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.05
+        lean = self._lean
+        while True:
+            try:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _PushProtocol(self._on_reply), lean.host, lean.port
+                    ),
+                    lean.connect_timeout,
+                )
+            except (OSError, TimeoutError):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            if lean.password:
+                auth = [lean.username, lean.password] if lean.username else [lean.password]
+                proto.transport.write(_pack("AUTH", *auth))
+            self._proto = proto
+            self._send_subscribe(sorted(self.channels))
+            try:
+                await proto.closed
+            finally:
+                self._proto = None
+                proto.transport.close()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None

@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, keys
-from .conn import Conn, lean
+from .conn import Conn, Lean, Subscriber, lean
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -133,23 +133,31 @@ class Waiter:
     After a reconnect every pending wait is checked again.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, fast: Conn | None = None) -> None:
         self._redis = redis
-        self._ps = redis.pubsub()
+        self._fast: Redis | Conn = fast or redis
+        lean = Lean.from_redis(redis)
+        # the lean subscriber where possible: redis-py's pub/sub costs ~100 us a message
+        self._sub = Subscriber(lean, self._on_event) if lean is not None else None
+        self._ps = redis.pubsub() if self._sub is None else None
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._seen: dict[str, int] = {}
         self._waits: dict[tuple[str, str], list[asyncio.Future[Outcome]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def close(self) -> None:
         self._closed = True
+        if self._sub is not None:
+            await self._sub.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
                 await self._task
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self._ps.aclose()  # type: ignore[no-untyped-call]
+        if self._ps is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._ps.aclose()  # type: ignore[no-untyped-call]
 
     async def subscribe(self, channel: str) -> None:
         fut = self._confirmed.get(channel)
@@ -157,13 +165,21 @@ class Waiter:
             fut = asyncio.get_running_loop().create_future()
             self._confirmed[channel] = fut
             try:
-                await self._ps.subscribe(channel)
+                if self._sub is not None:
+                    self._sub.subscribe(channel)
+                else:
+                    assert self._ps is not None
+                    await self._ps.subscribe(channel)
+                    if self._task is None:
+                        self._task = asyncio.create_task(self._read(), name="aioflow-waiter")
             except BaseException:
                 del self._confirmed[channel]
                 raise
-            if self._task is None:
-                self._task = asyncio.create_task(self._read(), name="aioflow-waiter")
-        await asyncio.shield(fut)
+        if not fut.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), 10.0)
+            except TimeoutError:
+                raise RedisUnavailable("Redis did not confirm the subscription in 10 s") from None
 
     def register(self, rid: RunId) -> asyncio.Future[Outcome]:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -187,6 +203,7 @@ class Waiter:
                 fut.set_result(outcome)
 
     async def _read(self) -> None:
+        assert self._ps is not None
         backoff = 0.05
         while not self._closed:
             try:
@@ -196,20 +213,23 @@ class Waiter:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if msg is None:
-                continue
-            kind = msg["type"]
-            channel = msg["channel"].decode()
-            if kind == "subscribe":
-                fut = self._confirmed.get(channel)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-                self._seen[channel] = self._seen.get(channel, 0) + 1
-                if self._seen[channel] > 1:  # a re-subscription after a reconnect
-                    asyncio.create_task(self._recheck(channel))
-            elif kind == "message":
-                key, status, payload = msg["data"].split(b"\n", 2)
-                self._resolve(channel, key.decode(), Outcome(Status(status.decode()), payload))
+            if msg is not None:
+                self._on_event(msg["type"], msg["channel"], msg["data"])
+
+    def _on_event(self, kind: bytes | str, channel_raw: bytes, data: Any) -> None:
+        channel = channel_raw.decode()
+        if kind in (b"message", "message"):
+            key, status, payload = data.split(b"\n", 2)
+            self._resolve(channel, key.decode(), Outcome(Status(status.decode()), payload))
+        elif kind in (b"subscribe", "subscribe"):
+            fut = self._confirmed.get(channel)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            self._seen[channel] = self._seen.get(channel, 0) + 1
+            if self._seen[channel] > 1:  # a re-subscription after a reconnect
+                task = asyncio.create_task(self._recheck(channel))
+                self._rechecks.add(task)
+                task.add_done_callback(self._rechecks.discard)
 
     async def _recheck(self, channel: str) -> None:
         for ch, key in list(self._waits):
@@ -217,7 +237,7 @@ class Waiter:
                 continue
             flow, part = ch[4:].split("}")[0].split(":")
             with contextlib.suppress(*REDIS_ERRORS):
-                outcome = await fetch_outcome(self._redis, RunId(flow, int(part), key))
+                outcome = await fetch_outcome(self._fast, RunId(flow, int(part), key))
                 if outcome is not None:
                     self._resolve(ch, key, outcome)
 
@@ -257,7 +277,7 @@ class Engine:
         self.tracing = tracing
         self.result_ttl = result_ttl
         self.clock = clock
-        self.waiter = Waiter(redis)
+        self.waiter = Waiter(redis, self.fast)
         self._flows: dict[str, FlowInfo] = {}
 
     async def close(self) -> None:
