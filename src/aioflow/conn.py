@@ -23,8 +23,8 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 
 
 def _pack(*args: Any) -> bytes:
@@ -130,8 +130,11 @@ class Lean:
         proto.transport.write(_pack(*args))
         reply = await fut
         if isinstance(reply, ResponseError):
-            if str(reply).startswith("NOSCRIPT"):
-                raise NoScriptError(str(reply))
+            text = str(reply)
+            if text.startswith("NOSCRIPT"):
+                raise NoScriptError(text)
+            if text.startswith("LOADING"):  # restarting: a connection error, retried
+                raise BusyLoadingError(text)
             raise reply
         return reply
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -198,6 +199,8 @@ async def held_by(r: Redis, flow: str, pid: int) -> set[tuple[str, str]]:
 async def entries_added(r: Redis, flow: str) -> int:
     """Entries ever added to the flow's stream (XINFO STREAM entries-added, Redis 7)."""
     info = await r.xinfo_stream(stream_of(flow))
+    if "entries-added" not in info:
+        pytest.skip("the fan-out audit needs Redis >= 7 (XINFO STREAM entries-added)")
     return int(info["entries-added"])
 
 
