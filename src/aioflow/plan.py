@@ -17,6 +17,7 @@ from .errors import DefinitionError
 from .model import Dag, Flow, Vertex
 
 OUT = "$out"  # synthetic join collecting several exits into {exit: value}
+GROUPS = ("subdag", "branch", "foreach")
 
 
 @dataclass(eq=False)
@@ -118,10 +119,6 @@ def compile_dag(dag: Dag, _stack: tuple[int, ...] = ()) -> Plan:
     plan = Plan(nodes, tuple(entries), exit_name)
     dag._plan = plan
     return plan
-
-
-def is_entry(node: PNode) -> bool:
-    return not node.parents
 
 
 # -- addresses ------------------------------------------------------------------------
