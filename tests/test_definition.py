@@ -188,7 +188,7 @@ def test_bad_retries_names_the_node(retries: Any) -> None:
     assert not flow.vertices
 
 
-@pytest.mark.parametrize("timeout", [0, -1, -0.5, "10", float("nan")])
+@pytest.mark.parametrize("timeout", [0, -1, -0.5, "10", float("nan"), True])
 def test_bad_timeout_names_the_node(timeout: Any) -> None:
     flow = aioflow.Flow("f")
     with pytest.raises(aioflow.DefinitionError) as exc:

@@ -85,3 +85,25 @@ async def test_invalid_callback_url_rejected(redis_url: str) -> None:
     async with running([make_flow([])], redis_url) as s:
         with pytest.raises(aioflow.InvalidCallbackUrl):
             await s.client.submit("hooked", 1, callback_url="ftp://x")
+
+
+async def test_hook_errors_are_recorded_on_the_run(redis_url: str) -> None:
+    def broken(status: aioflow.Status, ctx: aioflow.Context) -> None:
+        raise RuntimeError("finally broke")
+
+    flow = aioflow.Flow("brokenhook", finally_=broken)
+
+    @flow.node
+    async def work(x: int) -> int:
+        return x
+
+    async with running([flow], redis_url) as s:
+        rid = await s.client.submit("brokenhook", 3)
+        assert await s.client.result(rid, timeout=10) == 3
+
+        async def recorded() -> bool:
+            return (await s.client.state(rid)).hook_errors is not None
+
+        await wait_until(recorded, what="hook error recorded")
+        errors = (await s.client.state(rid)).hook_errors
+        assert errors == [{"hook": "finally_", "type": "RuntimeError", "message": "finally broke"}]

@@ -227,7 +227,9 @@ class Dag:
             retry = RetryPolicy(retries=retries)
         else:
             raise DefinitionError(f"node {name!r}: retries must be an int or a RetryPolicy")
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not (isinstance(timeout, int | float) and timeout > 0)
+        ):
             raise DefinitionError(f"node {name!r}: timeout must be a positive number of seconds")
         self._add(
             Vertex(

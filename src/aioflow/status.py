@@ -33,7 +33,9 @@ class VertexState:
 @dataclass
 class RunState:
     """A snapshot of one run. ``result`` is set when completed, ``error`` when failed;
-    ``vertices`` maps each vertex address that started to its status and attempts."""
+    ``vertices`` maps each vertex address that started to its status and attempts;
+    ``callback`` is the callback's delivery report and ``hook_errors`` lists flow
+    hooks (``on_failure``, ``finally_``) that raised."""
 
     run_id: str
     flow: str
@@ -46,6 +48,7 @@ class RunState:
     error: dict[str, Any] | None = None
     options: dict[str, list[str]] = field(default_factory=dict)
     callback: dict[str, Any] | None = None
+    hook_errors: list[dict[str, Any]] | None = None
 
     def to_json(self) -> bytes:
         """The state as JSON (bytes values written ``{"$bytes": ...}``)."""
@@ -66,6 +69,8 @@ class RunState:
             doc["error"] = self.error
         if self.callback is not None:
             doc["callback"] = self.callback
+        if self.hook_errors is not None:
+            doc["hook_errors"] = self.hook_errors
         return codec.dumps(doc)
 
 
@@ -85,6 +90,7 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
     status = Status(h[b"status"].decode())
     err = h.get(b"err")
     cb = h.get(b"cb")
+    hook_errors = h.get(b"hook_errors")
     return RunState(
         run_id=run_id,
         flow=flow,
@@ -97,4 +103,5 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
         error=codec.loads(err) if err else None,
         options=codec.loads(h[b"opts"]) if h.get(b"opts") else {},
         callback=codec.loads(cb) if cb else None,
+        hook_errors=codec.loads(hook_errors) if hook_errors else None,
     )
