@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 
 from .conn import Conn
 
-NAMES = ("claim", "complete", "submit", "move", "control", "lease", "trim")
+NAMES = ("claim", "complete", "submit", "move", "control", "lease", "trim", "handback")
 
 
 def _source(name: str) -> str:

@@ -154,6 +154,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
                     await t
             with contextlib.suppress(*REDIS_ERRORS):
+                await self._hand_back_unstarted()
+            with contextlib.suppress(*REDIS_ERRORS):
                 await reader.aclose()
                 await self.fast.aclose()
                 if isinstance(reader, RedisPyLean):
@@ -184,6 +186,18 @@ class Worker:
             await self._flush()
             if self._done:
                 await asyncio.sleep(0.05)
+
+    async def _hand_back_unstarted(self) -> None:
+        """Messages delivered to us that no task runs (a read cut short by the
+        shutdown) go back to the stream now rather than after visibility_timeout."""
+        for stream in self._stream_list:
+            pending: Any = await self.fast.execute(
+                "XPENDING", stream, keys.GROUP, "-", "+", 10000, self.consumer
+            )
+            ids = [p[0] for p in pending or () if p[0] not in self._inflight]
+            if ids:
+                n = await SCRIPTS.call(self.fast, "handback", stream, self.consumer, *ids)
+                log.info("handed back %d unstarted messages on %s", n, stream)
 
     async def _retrying(self, fn: Callable[[], Any]) -> Any:
         backoff = 0.05
