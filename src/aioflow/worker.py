@@ -371,9 +371,12 @@ class Worker:
             for item in batch:
                 by_stream.setdefault(item[0].stream, []).append(item)
             try:
-                results = await asyncio.gather(
-                    *(self._apply(s, items) for s, items in by_stream.items())
-                )
+                if len(by_stream) == 1:  # the common case: no task per call
+                    results = [await self._apply(*next(iter(by_stream.items())))]
+                else:
+                    results = await asyncio.gather(
+                        *(self._apply(s, items) for s, items in by_stream.items())
+                    )
             except REDIS_ERRORS as e:
                 # completions are idempotent and fenced: apply them again later
                 self._done[:0] = batch
