@@ -87,6 +87,7 @@ class Worker:
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
         self._done: list[tuple[Msg, list[Any]]] = []
         self._done_event = asyncio.Event()
+        self._flushing = False
         self._slot_event = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_due: float = 0.0
@@ -184,8 +185,8 @@ class Worker:
                 self._queue(m, self.executor.handback_ops(m), mode="r", vstatus="queued")
         while self._done or self._inflight:
             await self._flush()
-            if self._done:
-                await asyncio.sleep(0.05)
+            if self._done or self._inflight:  # a flush by another task, or a retry pause
+                await asyncio.sleep(0.02)
 
     async def _hand_back_unstarted(self) -> None:
         """Messages delivered to us that no task runs (a read cut short by the
@@ -336,7 +337,7 @@ class Worker:
                 m.fetched = list(r[2:])
                 if self.tracing:
                     m.trace = m.fetched.pop()
-                task = asyncio.create_task(self.executor.run(m))
+                task = asyncio.create_task(self._run(m))
                 self._inflight[m.id] = (m, task)
                 self._by_run.setdefault((stream, m.uid), set()).add(m.id)
             elif code == b"dead":
@@ -363,7 +364,25 @@ class Worker:
             self._done_event.clear()
             await self._flush()
 
+    async def _run(self, m: Msg) -> None:
+        await self.executor.run(m)
+        if self._done and not self._flushing:
+            # apply it from here rather than wake the completer: one loop hop less;
+            # shielded so that cancelling this task cannot cut a batch in half
+            await asyncio.shield(self._flush())
+
     async def _flush(self) -> None:
+        """Apply queued completions in batches until none is left (one flush at a time;
+        what is queued meanwhile joins the next batch of the flush in progress)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            await self._flush_all()
+        finally:
+            self._flushing = False
+
+    async def _flush_all(self) -> None:
         backoff = 0.05
         while self._done:
             batch, self._done = self._done, []
