@@ -4,6 +4,7 @@ results their stand-in functions imply, checked value by value."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -20,7 +21,10 @@ USERS = ["alice", "blank-bob", "impostor-carol"]
 
 
 def load(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` by path (examples are not a package)."""
+    """Import ``examples/<name>.py`` by path (examples are not a package), with
+    ``examples/`` on the import path as ``aioflow dev examples/x.py:app`` has it."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     path = EXAMPLES / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"aioflow_example_{name}", path)
     assert spec is not None and spec.loader is not None
