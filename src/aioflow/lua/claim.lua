@@ -15,11 +15,12 @@ while i <= #ARGV do
     dead_letter(id, uid, addr, kind, 'undecodable message', 0, now, ttl)
     res = {'dead'}
   else
-    local status = redis.call('HGET', run, 'status')
+    local head = redis.call('HMGET', run, 'status', marker)
+    local status = head[1]
     if (not status) or (TERMINAL[status] and kind ~= 'f') then
       redis.call('XACK', q, GROUP, id)
       res = {'drop'}
-    elseif redis.call('HEXISTS', run, marker) == 1 then
+    elseif head[2] then
       redis.call('XACK', q, GROUP, id)
       res = {'dup'}
     elseif status == 'paused' and kind ~= 'f' then
@@ -40,12 +41,11 @@ while i <= #ARGV do
         end
       end
       if not res then
-        if kind == 'f' then
-          -- hooks of a finished run: no status change
-        elseif status == 'pending' then
-          redis.call('HSET', run, 'status', 'running', 'started', now)
+        if kind ~= 'f' and status == 'pending' then
+          redis.call('HSET', run, 'status', 'running', 'started', now, 's:' .. addr, 'running')
+        else  -- running, or the hooks of a finished run (no status change)
+          redis.call('HSET', run, 's:' .. addr, 'running')
         end
-        redis.call('HSET', run, 's:' .. addr, 'running')
         local attempt = redis.call('HINCRBY', run, 'a:' .. addr, 1)
         res = {'go', attempt}
         if n > 0 then

@@ -27,8 +27,11 @@ end
 -- End a run: status completed|failed|stopped, store the result or error, expire
 -- every key of the run and wake up whoever waits for it.
 local function finish(run, uid, status, field, value, now, ttl)
-  redis.call('HSET', run, 'status', status, 'ended', now)
-  if field ~= '' then redis.call('HSET', run, field, value) end
+  if field ~= '' then
+    redis.call('HSET', run, 'status', status, 'ended', now, field, value)
+  else
+    redis.call('HSET', run, 'status', status, 'ended', now)
+  end
   redis.call('PEXPIRE', run, ttl)
   redis.call('DEL', pre .. ':p:' .. uid)
   -- flow hooks and callbacks run once, in a worker, after the run ended

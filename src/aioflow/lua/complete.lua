@@ -21,13 +21,21 @@ local function apply(i)
     local p = redis.call('XPENDING', q, GROUP, id, id, 1)
     if (not p[1]) or p[1][2] ~= consumer then return 'fenced' end
   end
-  if marker ~= '' and redis.call('HEXISTS', run, marker) == 1 then
+  local head = redis.call('HMGET', run, 'status', marker ~= '' and marker or 'status')
+  if marker ~= '' and head[2] then
     if id ~= '' then redis.call('XACK', q, GROUP, id) end
     return 'dup'
   end
-  local status = redis.call('HGET', run, 'status')
-  if mode == 'c' and status then redis.call('HSET', run, marker, value) end
-  if vaddr ~= '' and status then redis.call('HSET', run, 's:' .. vaddr, vstatus) end
+  local status = head[1]
+  if status then
+    if mode == 'c' and vaddr ~= '' then
+      redis.call('HSET', run, marker, value, 's:' .. vaddr, vstatus)
+    elseif mode == 'c' then
+      redis.call('HSET', run, marker, value)
+    elseif vaddr ~= '' then
+      redis.call('HSET', run, 's:' .. vaddr, vstatus)
+    end
+  end
   local active = status and ACTIVE[status]
   for j = i + 8, i + 7 + nops * 4, 4 do
     local op, a, b, c = ARGV[j], ARGV[j+1], ARGV[j+2], ARGV[j+3]
