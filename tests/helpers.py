@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aioflow.redis_server import RedisServer
 
-__all__ = ["RedisFactory", "wait_until"]
+__all__ = ["RedisFactory", "run_aioflow", "wait_until"]
 
 
 async def wait_until(
@@ -86,3 +87,30 @@ class RedisFactory:
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run_aioflow(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
+    """Run ``python -m aioflow ARGS`` (no AIOFLOW_* variables): exit code, stdout, stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioflow",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -10,11 +10,8 @@ with error type ``DeadLetter``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from aioflow.engine import register
 from aioflow.gateway import create_app
 from aioflow.keys import RunId
 from tests.engine_helpers import Stack, running
-from tests.helpers import wait_until
+from tests.helpers import run_aioflow, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 T = 10.0
@@ -236,30 +233,6 @@ async def test_replay_id_that_passes_the_regex_but_not_redis_is_400(
         assert doc["error"] == "invalid_id", doc
 
 
-async def _aioflow(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
-    """Run ``python -m aioflow ARGS`` (no AIOFLOW_* variables): exit code, stdout, stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioflow",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_dlq_cli_lists_and_replays(redis_url: str, redis: Redis) -> None:
     async with dead_lettered(redis_url, redis, [5]) as letters:
         [run_id] = letters.runs
@@ -268,7 +241,7 @@ async def test_dlq_cli_lists_and_replays(redis_url: str, redis: Redis) -> None:
         real_id = by_message[letters.message_ids[run_id]]
         poison_id = by_message[letters.poison_id]
 
-        code, out, err = await _aioflow("dlq", "list", "--redis-url", redis_url)
+        code, out, err = await run_aioflow("dlq", "list", "--redis-url", redis_url)
         assert code == 0, err
         rows = [json.loads(line) for line in out.splitlines() if line.strip()]
         assert {r["id"] for r in rows} == {real_id, poison_id}, out
@@ -277,14 +250,14 @@ async def test_dlq_cli_lists_and_replays(redis_url: str, redis: Redis) -> None:
         assert real["vertex"] == "double"
         assert real["deliveries"] == GHOST_CLAIMS + 2
 
-        code, out, err = await _aioflow("dlq", "replay", real_id, "--redis-url", redis_url)
+        code, out, err = await run_aioflow("dlq", "replay", real_id, "--redis-url", redis_url)
         assert code == 0, err
         assert real_id in out and run_id in out, out
         assert await letters.stack.client.result(run_id, timeout=T) == 10
         assert list(await _dlq_ids(redis)) == [poison_id]
 
         # errors exit with status 2 and say why
-        code, out, err = await _aioflow("dlq", "replay", poison_id, "--redis-url", redis_url)
+        code, out, err = await run_aioflow("dlq", "replay", poison_id, "--redis-url", redis_url)
         assert code == 2, (out, err)
         assert poison_id in err and "Traceback" not in err, err
         assert list(await _dlq_ids(redis)) == [poison_id]

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from aioflow.errors import ConfigError
 from aioflow.gateway import create_app
 from aioflow.worker import check_server
 from tests.engine_helpers import running
-from tests.helpers import RedisFactory, wait_until
+from tests.helpers import RedisFactory, run_aioflow, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests/apps/diamond_app.py:app"  # --health only reads the app's settings
@@ -43,32 +42,8 @@ def make_flow(name: str = "probe", partitions: int = 1) -> aioflow.Flow:
     return flow
 
 
-async def _aioflow(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
-    """Run ``python -m aioflow ARGS`` (no AIOFLOW_* variables): exit code, stdout, stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioflow",
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def _health(url: str) -> tuple[int, dict[str, Any], str]:
-    code, out, err = await _aioflow("worker", APP, "--health", "--redis-url", url)
+    code, out, err = await run_aioflow("worker", APP, "--health", "--redis-url", url)
     assert "Traceback" not in out + err, out + err
     report = json.loads(out)
     assert isinstance(report, dict), out
@@ -278,7 +253,7 @@ async def test_worker_refuses_an_evicting_redis(redis_factory: RedisFactory) -> 
         assert await redis.exists("af:{probe:0}:q") == 0
 
         # the command refuses too, and says why (exit 2)
-        code, out, err = await _aioflow("worker", APP, "--redis-url", server.url)
+        code, out, err = await run_aioflow("worker", APP, "--redis-url", server.url)
         assert code == 2, (out, err)
         assert "noeviction" in err and "Traceback" not in err, err
     finally:
