@@ -69,7 +69,7 @@ async def test_foreach_over_ten_thousand_items(redis_url: str) -> None:
         # nothing of the finished runs is left without an expiry
         ttl = await s.redis.ttl(RunId.parse(run_id).run)
         assert 0 < ttl <= 86400
-        shared = {"af:flows"}
+        shared = {"af:flows", "af:workers"}  # registry and heartbeats: bounded, no TTL
         for name in ("big", "big-all"):
             tag = f"af:{{{name}:0}}"
             shared |= {f"{tag}:q", f"{tag}:z", f"{tag}:i", f"{tag}:dlq"}

@@ -23,6 +23,7 @@ from .engine import Engine
 from .errors import AioflowError, ConfigError
 from .gateway import create_app
 from .redis_server import RedisServer, free_port
+from .topology import Backend
 from .worker import Worker
 
 log = logging.getLogger("aioflow")
@@ -157,16 +158,18 @@ async def _health(app: App) -> int:
 
     if not app.settings.redis_url:
         raise ConfigError("no Redis: pass --redis-url or set AIOFLOW_REDIS_URL")
-    redis = connect(app.settings.redis_url)
+    backend = Backend(connect(app.settings.redis_url))
     report: dict[str, Any] = {"redis": False, "workers": []}
     try:
-        raw: Any = await redis.hgetall(keys.WORKERS)
+        await backend.start()
+        raw: Any = await backend.redis.hgetall(keys.WORKERS)
         report["redis"] = True
     except Exception as e:
         report["error"] = str(e)
         raw = {}
     finally:
-        await redis.aclose()
+        await backend.aclose()
+        await backend.given.aclose()
     now = time.time()
     window = max(30.0, 3 * app.settings.visibility_timeout)
     healthy = False

@@ -52,6 +52,8 @@ class Client:
             redis,
             result_ttl=result_ttl or env.result_ttl,
             tracing=tracing.configure(env.tracing),
+            submit_replicas=env.submit_replicas,
+            submit_replicas_timeout=env.submit_replicas_timeout,
         )
 
     async def __aenter__(self) -> Client:

@@ -27,6 +27,10 @@ from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
+class NotConnected(RedisConnectionError):
+    """The connection could not be opened: the command was never sent."""
+
+
 def _pack(*args: Any) -> bytes:
     packed: bytes = hiredis.pack_command(args)
     return packed
@@ -110,7 +114,7 @@ class Lean:
                     loop.create_connection(_Protocol, self.host, self.port), self.connect_timeout
                 )
             except (OSError, TimeoutError) as e:
-                raise RedisConnectionError(
+                raise NotConnected(
                     f"cannot connect to Redis at {self.host}:{self.port}: {e}"
                 ) from e
             if self.password:
@@ -144,11 +148,23 @@ class Lean:
             proto = await self._open()
         return await self._send(proto, *args)
 
-    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
-        return await self.execute("EVALSHA", sha, numkeys, *args)
-
-    async def script_load(self, source: str) -> Any:
-        return await self.execute("SCRIPT", "LOAD", source)
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send several commands in one write; their replies in order (the first
+        error reply is raised once all have arrived)."""
+        proto = self._proto
+        if proto is None or proto.lost is not None:
+            proto = await self._open()
+        if proto.transport is None:
+            raise proto.lost or RedisConnectionError("not connected")
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in commands]
+        proto.waiters.extend(futs)
+        proto.transport.write(b"".join(_pack(*c) for c in commands))
+        replies = [await f for f in futs]
+        for r in replies:
+            if isinstance(r, ResponseError):
+                raise r
+        return replies
 
     async def aclose(self) -> None:
         proto, self._proto = self._proto, None
@@ -157,16 +173,43 @@ class Lean:
 
 
 class RedisPyLean:
-    """The same interface over a redis-py client, for servers :class:`Lean` cannot
-    reach (TLS, unix sockets). Replies are whatever redis-py makes of them."""
+    """The router's interface over a redis-py client, for servers :class:`Lean`
+    cannot reach (TLS, unix sockets): one node, no cluster. Replies are whatever
+    redis-py makes of them."""
+
+    cluster = False
+    sharded_pubsub = False
+    epoch = 0
+    masters: list[tuple[str, int]] = [("", 0)]
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def execute(self, *args: Any) -> Any:
+    async def start(self) -> None:
+        return None
+
+    async def refresh(self) -> None:
+        return None
+
+    def group(self, keys: Any) -> dict[tuple[str, int], list[str]]:
+        return {self.masters[0]: list(keys)}
+
+    def auto_partitions(self, flow: str) -> int:
+        return 1
+
+    def read_groups(self, keys: Any) -> list[tuple[tuple[str, int], list[str]]]:
+        return [(self.masters[0], list(keys))]
+
+    def addr_for(self, key: Any) -> tuple[str, int]:
+        return self.masters[0]
+
+    async def execute(self, *args: Any, idempotent: bool = False) -> Any:
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
-    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
+    async def execute_on(self, addr: tuple[str, int], *args: Any) -> Any:
+        return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    async def evalsha(self, sha: str, numkeys: int, *args: Any, idempotent: bool = False) -> Any:
         return await self.redis.evalsha(sha, numkeys, *args)
 
     async def script_load(self, source: str) -> Any:
@@ -174,14 +217,6 @@ class RedisPyLean:
 
     async def aclose(self) -> None:
         return None
-
-
-Conn = Lean | RedisPyLean
-
-
-def lean(redis: Redis) -> Lean | RedisPyLean:
-    """The fastest connection to the server of ``redis`` that aioflow can use."""
-    return Lean.from_redis(redis) or RedisPyLean(redis)
 
 
 class _PushProtocol(asyncio.Protocol):
@@ -208,13 +243,24 @@ class _PushProtocol(asyncio.Protocol):
 
 
 class Subscriber:
-    """A pub/sub connection that stays subscribed: it reconnects with backoff and
-    subscribes again to every channel; each confirmation (first or after a
-    reconnect) and each message goes to ``on_event(kind, channel, data)``."""
+    """A pub/sub connection to one node that stays subscribed: it reconnects with
+    backoff and subscribes again to every channel; each confirmation (first or
+    after a reconnect) and each message goes to ``on_event(kind, channel, data)``.
+    ``sharded`` uses SSUBSCRIBE (Redis 7+). ``on_down`` is called each time a
+    connection attempt fails, so an owner can move the channels elsewhere."""
 
-    def __init__(self, lean: Lean, on_event: Any) -> None:
+    def __init__(
+        self,
+        lean: Lean,
+        on_event: Any,
+        *,
+        sharded: bool = False,
+        on_down: Any = None,
+    ) -> None:
         self._lean = lean
         self._on_event = on_event
+        self._on_down = on_down
+        self._verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self.channels: set[str] = set()
         self._proto: _PushProtocol | None = None
         self._task: asyncio.Task[None] | None = None
@@ -223,9 +269,12 @@ class Subscriber:
         if isinstance(reply, list) and len(reply) == 3:
             self._on_event(reply[0], reply[1], reply[2])
 
-    def _send_subscribe(self, channels: list[str]) -> None:
+    def _send(self, verb: str, channels: list[str]) -> None:
         if self._proto is not None and self._proto.transport is not None and channels:
-            self._proto.transport.write(_pack("SUBSCRIBE", *channels))
+            if verb.startswith("S"):  # sharded: one slot per command on a cluster
+                self._proto.transport.write(b"".join(_pack(verb, c) for c in channels))
+            else:
+                self._proto.transport.write(_pack(verb, *channels))
 
     def subscribe(self, channel: str) -> None:
         if channel in self.channels:
@@ -234,7 +283,12 @@ class Subscriber:
         if self._task is None:
             self._task = asyncio.create_task(self._keep(), name="aioflow-subscriber")
         else:
-            self._send_subscribe([channel])
+            self._send(self._verb, [channel])
+
+    def unsubscribe(self, channel: str) -> None:
+        if channel in self.channels:
+            self.channels.discard(channel)
+            self._send("SUNSUBSCRIBE" if self._verb == "SSUBSCRIBE" else "UNSUBSCRIBE", [channel])
 
     async def _keep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,6 +303,8 @@ class Subscriber:
                     lean.connect_timeout,
                 )
             except (OSError, TimeoutError):
+                if self._on_down is not None:
+                    self._on_down(self)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -257,12 +313,14 @@ class Subscriber:
                 auth = [lean.username, lean.password] if lean.username else [lean.password]
                 proto.transport.write(_pack("AUTH", *auth))
             self._proto = proto
-            self._send_subscribe(sorted(self.channels))
+            self._send(self._verb, sorted(self.channels))
             try:
                 await proto.closed
             finally:
                 self._proto = None
                 proto.transport.close()
+            if self._on_down is not None:
+                self._on_down(self)
 
     async def aclose(self) -> None:
         if self._task is not None:

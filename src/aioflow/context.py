@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from .topology import RedisClient
 
 from . import codec
 
@@ -15,7 +16,7 @@ class RunStore:
 
     __slots__ = ("_key", "_redis")
 
-    def __init__(self, redis: Redis, run_key: str) -> None:
+    def __init__(self, redis: RedisClient, run_key: str) -> None:
         self._redis = redis
         self._key = run_key
 

@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, keys
-from .conn import Conn, Lean, Subscriber, lean
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -40,12 +46,24 @@ from .plan import Plan, compile_dag, dag_from_description
 from .rerun import rerun
 from .scripts import SCRIPTS
 from .status import RunState, Status, parse_state
+from .topology import Backend, Conn, RedisClient, Router, Subscriptions
 from .tracing import run_span
 
 log = logging.getLogger("aioflow")
 
 DLQ_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# What "Redis is unavailable" looks like, a cluster mid-failover included.
+REDIS_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    ClusterError,
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    RedisClusterException,
+)
 
 
 @contextlib.asynccontextmanager
@@ -104,20 +122,29 @@ class Outcome:
     payload: bytes
 
 
-async def register(redis: Redis, flows: Iterable[Flow]) -> None:
-    """Record the flows' definitions in Redis and create their streams' consumer groups."""
+def partitions_of(flow: Flow, fast: Conn | None) -> int:
+    """The flow's partition count, ``"auto"`` settled for this Redis (see :class:`Flow`)."""
+    if isinstance(flow.partitions, int):
+        return flow.partitions
+    return fast.auto_partitions(flow.name) if fast is not None else 1
+
+
+async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | None = None) -> None:
+    """Record the flows' definitions in Redis and create their streams' consumer groups.
+    ``fast`` (a started router) settles ``partitions="auto"``; without it that is 1."""
     for flow in flows:
         plan = compile_dag(flow)
+        parts = partitions_of(flow, fast)
         doc = {
             "name": flow.name,
-            "partitions": flow.partitions,
+            "partitions": parts,
             "entries": list(plan.entries),
             "hooks": flow.on_failure is not None or flow.finally_ is not None,
-            "definition": flow.describe(),
+            "definition": {**flow.describe(), "partitions": parts},
         }
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.FLOWS, flow.name, codec.dumps(doc))
-            for p in range(flow.partitions):
+            for p in range(parts):
                 pipe.xgroup_create(keys.stream(flow.name, p), keys.GROUP, id="0", mkstream=True)
             for res in await pipe.execute(raise_on_error=False):
                 if isinstance(res, ResponseError) and "BUSYGROUP" not in str(res):
@@ -133,12 +160,11 @@ class Waiter:
     After a reconnect every pending wait is checked again.
     """
 
-    def __init__(self, redis: Redis, fast: Conn | None = None) -> None:
+    def __init__(self, redis: RedisClient, fast: Conn) -> None:
         self._redis = redis
-        self._fast: Redis | Conn = fast or redis
-        lean = Lean.from_redis(redis)
+        self._fast = fast
         # the lean subscriber where possible: redis-py's pub/sub costs ~100 us a message
-        self._sub = Subscriber(lean, self._on_event) if lean is not None else None
+        self._sub = Subscriptions(fast, self._on_event) if isinstance(fast, Router) else None
         self._ps = redis.pubsub() if self._sub is None else None
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._seen: dict[str, int] = {}
@@ -166,7 +192,7 @@ class Waiter:
             self._confirmed[channel] = fut
             try:
                 if self._sub is not None:
-                    self._sub.subscribe(channel)
+                    await self._sub.subscribe(channel)
                 else:
                     assert self._ps is not None
                     await self._ps.subscribe(channel)
@@ -218,10 +244,10 @@ class Waiter:
 
     def _on_event(self, kind: bytes | str, channel_raw: bytes, data: Any) -> None:
         channel = channel_raw.decode()
-        if kind in (b"message", "message"):
+        if kind in (b"message", "message", b"smessage", "smessage"):
             key, status, payload = data.split(b"\n", 2)
             self._resolve(channel, key.decode(), Outcome(Status(status.decode()), payload))
-        elif kind in (b"subscribe", "subscribe"):
+        elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
             fut = self._confirmed.get(channel)
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -271,23 +297,44 @@ class Engine:
         result_ttl: float = 86400.0,
         clock: Callable[[], float] = time.time,
         tracing: bool = False,
+        submit_replicas: int = 0,
+        submit_replicas_timeout: float = 1.0,
     ) -> None:
-        self.redis = redis
-        self.fast = lean(redis)  # submit and result reads: the per-run path
+        self.backend = Backend(redis)
+        self.submit_replicas = submit_replicas
+        self.submit_replicas_timeout = submit_replicas_timeout
+        self.fast = self.backend.fast  # submit and result reads: the per-run path
         self.tracing = tracing
         self.result_ttl = result_ttl
         self.clock = clock
-        self.waiter = Waiter(redis, self.fast)
+        self._waiter: Waiter | None = None
         self._flows: dict[str, FlowInfo] = {}
 
+    @property
+    def redis(self) -> RedisClient:
+        """The redis-py client (a ``RedisCluster`` on a cluster, once started)."""
+        return self.backend.redis
+
+    @property
+    def waiter(self) -> Waiter:
+        if self._waiter is None:
+            self._waiter = Waiter(self.backend.redis, self.fast)
+        return self._waiter
+
+    async def start(self) -> None:
+        """Find out the Redis topology (done by every method on first use)."""
+        await self.backend.start()
+
     async def close(self) -> None:
-        await self.waiter.close()
-        await self.fast.aclose()
+        if self._waiter is not None:
+            await self._waiter.close()
+        await self.backend.aclose()
 
     async def flow_info(self, name: str) -> FlowInfo:
         info = self._flows.get(name)
         if info is None:
             keys.check_flow_name(name)
+            await self.start()
             raw: Any = await self.redis.hget(keys.FLOWS, name)
             if raw is None:
                 raise UnknownFlow(
@@ -298,6 +345,7 @@ class Engine:
         return info
 
     async def flows(self) -> list[FlowInfo]:
+        await self.start()
         raw: Any = await self.redis.hgetall(keys.FLOWS)
         return [FlowInfo.from_doc(codec.loads(doc)) for _, doc in sorted(raw.items())]
 
@@ -348,7 +396,21 @@ class Engine:
             callback_url or "",
             traceparent,
         )
+        if self.submit_replicas:
+            await self._replicated(rid)
         return rid, bool(created)
+
+    async def _replicated(self, rid: RunId) -> None:
+        # WAIT counts the replicas that have this connection's writes: the submit
+        # went over the router's connection to the run's master, and so does WAIT
+        n, ms = self.submit_replicas, int(self.submit_replicas_timeout * 1000)
+        acked = int(await self.fast.execute_on(self.fast.addr_for(rid.stream), "WAIT", n, ms))
+        if acked < n:
+            raise RedisUnavailable(
+                f"run {rid} was submitted but only {acked} of {n} replicas acknowledged it "
+                f"within {self.submit_replicas_timeout}s: a failover now could lose it; "
+                "submitting again with the same run_id is safe"
+            )
 
     async def execute(
         self,
@@ -416,6 +478,7 @@ class Engine:
 
     async def state(self, run_id: str | RunId) -> RunState:
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        await self.start()
         h: Any = await self.redis.hgetall(rid.run)
         if not h or b"status" not in h:
             raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
@@ -424,8 +487,9 @@ class Engine:
     async def control(self, run_id: str | RunId, action: str) -> Status:
         """Pause, resume or stop a run; raises InvalidTransition when not allowed."""
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        await self.start()
         res = await SCRIPTS.call(
-            self.redis,
+            self.fast,
             "control",
             rid.stream,
             rid.key,
@@ -445,7 +509,8 @@ class Engine:
     async def retry(self, run_id: str | RunId) -> int:
         """Rerun a failed run from its failed vertices; answers how many were enqueued."""
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
-        return await rerun(self.redis, rid, await self.plan(rid.flow))
+        plan = await self.plan(rid.flow)
+        return await rerun(self.redis, rid, plan)
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of every registered flow (at most ``limit`` each)."""
@@ -481,6 +546,7 @@ class Engine:
                 raise ValueError(eid)
         except (ValueError, InvalidRunId):
             raise InvalidRunId(f"invalid dead letter id {dead_letter_id!r}") from None
+        await self.start()
         rows: Any = await self.redis.xrange(f"{keys.tag(flow, p)}:dlq", eid, eid)
         if not rows:
             raise RunNotFound(f"no dead letter {dead_letter_id!r}")

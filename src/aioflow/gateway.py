@@ -306,7 +306,11 @@ def create_app(
     settings = settings or Settings()
     app = web.Application(client_max_size=settings.max_body, middlewares=[errors, signed])
     engine = Engine(
-        redis, result_ttl=settings.result_ttl, tracing=tracing.configure(settings.tracing)
+        redis,
+        result_ttl=settings.result_ttl,
+        tracing=tracing.configure(settings.tracing),
+        submit_replicas=settings.submit_replicas,
+        submit_replicas_timeout=settings.submit_replicas_timeout,
     )
     app[ENGINE] = engine
     app[SETTINGS] = settings
@@ -315,7 +319,8 @@ def create_app(
         backoff = 0.05
         while True:
             try:
-                await register(redis, flows or [])
+                await engine.start()
+                await register(engine.redis, flows or [], fast=engine.fast)
                 return
             except REDIS_ERRORS as e:
                 log.warning("cannot register flows yet (%s); retrying in %.1fs", e, backoff)
@@ -328,7 +333,8 @@ def create_app(
         # the gateway serves (503 while Redis is away) even if Redis is not up yet
         if flows:
             try:
-                await register(redis, flows)
+                await engine.start()
+                await register(engine.redis, flows, fast=engine.fast)
             except REDIS_ERRORS:
                 registering.append(asyncio.create_task(register_when_up()))
 

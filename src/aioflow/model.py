@@ -370,15 +370,18 @@ class Flow(Dag):
     """A named dag that can be run. ``name`` matches ``^[a-z0-9][a-z0-9_-]{0,63}$``.
 
     ``partitions`` spreads the flow's runs over that many streams (and Redis
-    Cluster slots). ``on_failure(error, ctx)`` runs once when a run fails;
-    ``finally_(status, ctx)`` once when a run ends, whatever the outcome.
+    Cluster slots). ``"auto"`` (the default) is 1 on a single Redis and, on a
+    Redis Cluster, enough partitions (at least 4 per master) that every master
+    holds some; it is settled when a worker or gateway registers the flow.
+    ``on_failure(error, ctx)`` runs once when a run fails; ``finally_(status,
+    ctx)`` once when a run ends, whatever the outcome.
     """
 
     def __init__(
         self,
         name: str,
         *,
-        partitions: int = 1,
+        partitions: int | Literal["auto"] = "auto",
         on_failure: Callable[..., Any] | None = None,
         finally_: Callable[..., Any] | None = None,
     ) -> None:
@@ -388,8 +391,12 @@ class Flow(Dag):
                 f"invalid flow name {name!r}: use 1-64 characters of lowercase letters, digits, "
                 "'_' or '-', starting with a letter or digit"
             )
-        if not isinstance(partitions, int) or not 1 <= partitions <= 1024:
-            raise DefinitionError(f"flow {name!r}: partitions must be within 1..1024")
+        if partitions != "auto" and (
+            not isinstance(partitions, int)
+            or isinstance(partitions, bool)
+            or not 1 <= partitions <= 1024
+        ):
+            raise DefinitionError(f"flow {name!r}: partitions must be 'auto' or within 1..1024")
         self.name = name
         self.partitions = partitions
         self.on_failure = on_failure

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from . import codec
 from .errors import InvalidTransition, RunNotFound
 from .keys import RunId
 from .plan import Plan, child_scope
+from .topology import RedisClient
 
 GROUPS = ("subdag", "branch", "foreach")
 
@@ -70,7 +70,9 @@ class _Reseed:
         return self.done(scope + plan.exit)
 
 
-async def rerun(redis: Redis, rid: RunId, plan: Plan, *, on_dead_letter: str | None = None) -> int:
+async def rerun(
+    redis: RedisClient, rid: RunId, plan: Plan, *, on_dead_letter: str | None = None
+) -> int:
     """Reopen a failed run: re-enqueue its failed vertices and what waits on them.
 
     Answers how many vertices were enqueued. Raises InvalidTransition unless the

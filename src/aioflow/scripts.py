@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from .conn import Conn
+if TYPE_CHECKING:
+    from .topology import Conn
 
 NAMES = ("claim", "complete", "submit", "move", "control", "lease", "trim", "handback")
+# Scripts whose second application changes nothing: sent again when a connection
+# drops with the call in flight (a failover, a restart).
+IDEMPOTENT = frozenset({"complete", "submit", "move", "lease", "trim", "handback"})
 
 
 def _source(name: str) -> str:
@@ -31,11 +35,18 @@ class Scripts:
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
 
     async def call(self, redis: Redis | Conn, name: str, key: str, *args: Any) -> Any:
+        if isinstance(redis, Redis):
+            try:
+                return await redis.evalsha(self.sha[name], 1, key, *args)
+            except NoScriptError:
+                await redis.script_load(self.source[name])
+                return await redis.evalsha(self.sha[name], 1, key, *args)
+        idem = name in IDEMPOTENT
         try:
-            return await redis.evalsha(self.sha[name], 1, key, *args)
+            return await redis.evalsha(self.sha[name], 1, key, *args, idempotent=idem)
         except NoScriptError:
             await redis.script_load(self.source[name])
-            return await redis.evalsha(self.sha[name], 1, key, *args)
+            return await redis.evalsha(self.sha[name], 1, key, *args, idempotent=idem)
 
 
 SCRIPTS = Scripts()

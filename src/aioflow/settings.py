@@ -27,6 +27,12 @@ class Settings:
     - ``grace``: seconds a draining worker waits for running nodes on SIGTERM (30).
     - ``hmac_secret``: when set, the gateway requires ``X-Hub-Signature-256``
       (``sha256=`` HMAC of the body) on POST requests.
+    - ``submit_replicas``: when > 0, a submit (``Client.submit``/``execute``,
+      ``POST /flow/{name}``) returns only once that many replicas acknowledged
+      it (Redis ``WAIT``), so a failover right after cannot lose the run; when
+      fewer answer within ``submit_replicas_timeout`` seconds (1.0) it raises
+      :class:`~aioflow.RedisUnavailable` (503), and submitting again with the
+      same ``run_id`` is safe. Off (0) by default.
     - ``tracing``: ``1`` for OpenTelemetry spans through the process's tracer
       provider, ``console`` to print them; off by default.
     """
@@ -41,6 +47,8 @@ class Settings:
     port: int = 8080
     grace: float = 30.0
     hmac_secret: str | None = None
+    submit_replicas: int = 0
+    submit_replicas_timeout: float = 1.0
     tracing: str | None = None
 
     def __post_init__(self) -> None:
@@ -56,6 +64,8 @@ class Settings:
             raise ConfigError("max_body must be >= 1")
         if self.grace < 0:
             raise ConfigError("grace must be >= 0")
+        if self.submit_replicas < 0 or self.submit_replicas_timeout <= 0:
+            raise ConfigError("submit_replicas must be >= 0 and submit_replicas_timeout > 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:

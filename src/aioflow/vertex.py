@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
 from . import codec, tracing
 from .context import Context, RunStore
@@ -28,6 +27,7 @@ from .keys import RunId
 from .model import Flow
 from .plan import GROUPS, Plan, PNode, child_scope, parent_group
 from .status import Status
+from .topology import Backend, RedisClient
 
 log = logging.getLogger("aioflow.worker")
 
@@ -92,7 +92,7 @@ class Executor:
 
     def __init__(
         self,
-        redis: Redis,
+        backend: Backend,
         *,
         clock: Callable[[], float],
         threads: ThreadPoolExecutor,
@@ -100,7 +100,7 @@ class Executor:
         queue: Callable[..., None],
         note_due: Callable[[float], None],
     ) -> None:
-        self.redis = redis
+        self.backend = backend
         self.clock = clock
         self.tracing = tracing
         self._threads = threads
@@ -108,6 +108,10 @@ class Executor:
         self._note_due = note_due
         self._fns: dict[int, _Fn] = {}
         self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def redis(self) -> RedisClient:
+        return self.backend.redis
 
     async def aclose(self) -> None:
         if self._http is not None:

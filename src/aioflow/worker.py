@@ -20,16 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from . import codec, keys, tracing
-from .conn import Conn, Lean, RedisPyLean, lean
-from .engine import REDIS_ERRORS, register
+from .conn import Lean, RedisPyLean
+from .engine import REDIS_ERRORS, partitions_of, register
 from .errors import ConfigError
 from .keys import RunId
 from .model import Flow
 from .plan import compile_dag, resolve
 from .scripts import SCRIPTS
 from .settings import Settings
+from .topology import Addr, Backend, RedisClient, Router, as_text
 from .vertex import FINAL, Executor, Msg
 from .vertex import marker as default_marker
 
@@ -74,15 +76,13 @@ class Worker:
     ) -> None:
         self.flows = {f.name: f for f in flows}
         self.plans = {f.name: compile_dag(f) for f in flows}
-        self.redis = redis
+        self.backend = Backend(redis)
         self.settings = settings or Settings()
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.clock = clock
-        self.streams: dict[str, Flow] = {
-            keys.stream(f.name, p): f for f in flows for p in range(f.partitions)
-        }
-        self._stream_list = list(self.streams)
-        self._rotate = 0
+        self.streams: dict[str, Flow] = {}  # stream -> its flow, settled by prepare()
+        self._stream_list: list[str] = []
+        self._reserved = 0  # slots held by reads in progress
         self._inflight: dict[bytes, tuple[Msg, asyncio.Task[None]]] = {}
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
         self._done: list[tuple[Msg, list[Any]]] = []
@@ -99,10 +99,10 @@ class Worker:
         self.completed = 0  # vertex completions applied (for tests and metrics)
         self.fenced = 0
         self.ttl_ms = int(self.settings.result_ttl * 1000)
-        self.fast = lean(redis)
+        self.fast = self.backend.fast
         self.tracing = tracing.configure(self.settings.tracing)
         self.executor = Executor(
-            redis,
+            self.backend,
             clock=clock,
             threads=self._threads,
             tracing=self.tracing,
@@ -110,18 +110,40 @@ class Worker:
             note_due=self._note_due,
         )
 
+    @property
+    def redis(self) -> RedisClient:
+        """The redis-py client (a ``RedisCluster`` on a cluster, once prepared)."""
+        return self.backend.redis
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Check the server and register the flows (done by :meth:`run` too)."""
+        """Find out the topology, check the server (every master of a cluster) and
+        register the flows (done by :meth:`run` too)."""
         try:
-            info: Any = await self.redis.config_get("maxmemory-policy")
-        except REDIS_ERRORS:
-            raise
-        except Exception:  # CONFIG may be disabled on managed Redis
-            info = {}
-        check_server(info)
-        await register(self.redis, self.flows.values())
+            await self._prepare()
+        finally:
+            await self.fast.aclose()  # lean connections reopen when needed
+
+    async def _prepare(self) -> None:
+        await self.backend.start()
+        for addr in self.fast.masters:
+            try:
+                raw: Any = await self.fast.execute_on(addr, "CONFIG", "GET", "maxmemory-policy")
+            except REDIS_ERRORS:
+                raise
+            except Exception:  # CONFIG may be disabled on managed Redis
+                raw = {}
+            if isinstance(raw, list):
+                raw = {as_text(k): as_text(v) for k, v in zip(raw[::2], raw[1::2], strict=False)}
+            check_server(raw)
+        self.streams = {
+            keys.stream(f.name, p): f
+            for f in self.flows.values()
+            for p in range(partitions_of(f, self.fast))
+        }
+        self._stream_list = list(self.streams)
+        await register(self.redis, self.flows.values(), fast=self.fast)
 
     def stop(self) -> None:
         """Ask the worker to drain: stop reading, finish or hand back running nodes, return."""
@@ -129,17 +151,20 @@ class Worker:
         self._slot_event.set()
 
     async def run(self) -> None:
-        await self._retrying(self.prepare)
+        try:
+            await self._retrying(self._prepare)
+        except BaseException:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.backend.aclose()
+            raise
         log.info(
             "worker %s: concurrency %d, flows %s",
             self.consumer,
             self.settings.concurrency,
             ", ".join(self.flows),
         )
-        # blocking reads get a connection of their own; scripts share self.fast
-        reader = Lean.from_redis(self.redis) or RedisPyLean(self.redis.client())
         tasks = [
-            asyncio.create_task(self._read_loop(reader), name="aioflow-read"),
+            asyncio.create_task(self._read_all(), name="aioflow-read"),
             asyncio.create_task(self._complete_loop(), name="aioflow-complete"),
             asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
             asyncio.create_task(self._delayed_loop(), name="aioflow-delayed"),
@@ -157,10 +182,7 @@ class Worker:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._hand_back_unstarted()
             with contextlib.suppress(*REDIS_ERRORS):
-                await reader.aclose()
-                await self.fast.aclose()
-                if isinstance(reader, RedisPyLean):
-                    await reader.redis.aclose()
+                await self.backend.aclose()
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.executor.aclose()
 
@@ -217,23 +239,73 @@ class Worker:
     def _free(self) -> int:
         return self.settings.concurrency - len(self._inflight)
 
-    async def _read_loop(self, reader: Conn) -> None:
-        backoff = 0.05
+    async def _read_all(self) -> None:
+        """Blocking readers, one per group of streams the router says one command
+        can read (all of them on one server, each slot apart on a cluster),
+        regrouped whenever the slot map changes; they share the free slots."""
         while not self._stopping.is_set():
-            free = self._free()
+            epoch = self.fast.epoch
+            groups = self.fast.read_groups(self._stream_list)
+            readers = [
+                asyncio.create_task(
+                    self._read_loop(addr, streams, epoch, len(groups)), name="aioflow-read"
+                )
+                for addr, streams in groups
+            ]
+            try:
+                await asyncio.gather(*readers)
+            finally:
+                for r in readers:
+                    r.cancel()
+                for r in readers:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await r
+
+    def _reader_conn(self, addr: Addr) -> Lean | RedisPyLean:
+        # blocking reads get a connection of their own; scripts share self.fast
+        if isinstance(self.fast, Router):
+            t = self.fast.lean_template()
+            return Lean(addr[0], addr[1], db=t.db, username=t.username, password=t.password)
+        assert isinstance(self.backend.given, Redis)
+        return RedisPyLean(self.backend.given.client())
+
+    async def _read_loop(self, addr: Addr, streams: list[str], epoch: int, readers: int) -> None:
+        reader = self._reader_conn(addr)
+        try:
+            await self._read_from(reader, streams, epoch, readers)
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await reader.aclose()
+                if isinstance(reader, RedisPyLean):
+                    await reader.redis.aclose()
+
+    async def _read_from(
+        self, reader: Lean | RedisPyLean, streams: list[str], epoch: int, readers: int
+    ) -> None:
+        backoff = 0.05
+        rotate = 0
+        idle = False
+        n = len(streams)
+        while not self._stopping.is_set() and self.fast.epoch == epoch:
+            free = self._free() - self._reserved
             if free <= 0:
                 self._slot_event.clear()
                 await self._slot_event.wait()
                 continue
-            n = len(self._stream_list)
-            if free >= n:
-                chosen, count, block = self._stream_list, free // n, 1000
+            if readers > 1:
+                # a reader whose master had nothing last time blocks holding few slots
+                share = min(free, n) if idle else max(1, free // readers)
+            else:
+                share = free
+            if share >= n:
+                chosen, count, block = streams, share // n, 1000
             else:
                 # COUNT applies per stream: read only as many streams as free slots
-                start = self._rotate % n
-                self._rotate += free
-                chosen = [self._stream_list[(start + i) % n] for i in range(free)]
+                start = rotate % n
+                rotate += share
+                chosen = [streams[(start + i) % n] for i in range(share)]
                 count, block = 1, 10
+            self._reserved += share
             try:
                 resp: Any = await reader.execute(
                     "XREADGROUP",
@@ -249,18 +321,47 @@ class Worker:
                     *[">"] * len(chosen),
                 )
                 backoff = 0.05
+            except ResponseError as e:
+                self._reserved -= share
+                if str(e).startswith("NOGROUP"):
+                    # the group's creation was lost (a failover before it replicated)
+                    log.warning("read failed (%s): creating the consumer groups again", e)
+                    with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                        await register(self.redis, self.flows.values(), fast=self.fast)
+                elif str(e).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+                    # a slot of ours moved (failover, resharding): regroup the readers
+                    log.info("read redirected (%s); refreshing the cluster map", e)
+                else:
+                    log.error("read failed (%s); retrying in %.1fs", e, backoff)
+                await self._refresh(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             except REDIS_ERRORS as e:
+                self._reserved -= share
                 log.warning("read failed (%s); retrying in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
+                await self._refresh(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             self.last_read = time.monotonic()
-            for stream, entries in resp or ():
-                await self._start(
-                    stream.decode() if isinstance(stream, bytes) else stream,
-                    entries,
-                    reclaimed=False,
-                )
+            got = sum(len(entries) for _, entries in resp or ())
+            idle = got == 0
+            self._reserved -= share - got
+            try:
+                for stream, entries in resp or ():
+                    await self._start(
+                        stream.decode() if isinstance(stream, bytes) else stream,
+                        entries,
+                        reclaimed=False,
+                    )
+            finally:
+                self._reserved -= got
+                if got < share:
+                    self._slot_event.set()
+
+    async def _refresh(self, pause: float) -> None:
+        await asyncio.sleep(pause)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.fast.refresh()
 
     async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
         flow = self.streams[stream]

@@ -254,9 +254,16 @@ class DoneCounter:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> DoneCounter:
-        await self.ps.subscribe(keys.done_channel(self.flow, 0))
+        # aioflow publishes on sharded channels where Redis has them (7+)
+        info: Any = await self.redis.info("server")
+        self.sharded = int(str(info["redis_version"]).split(".")[0]) >= 7
+        channel = keys.done_channel(self.flow, 0)
+        if self.sharded:
+            await self.ps.ssubscribe(channel)
+        else:
+            await self.ps.subscribe(channel)
         first = await self.ps.get_message(timeout=5.0)
-        assert first is not None and first["type"] == "subscribe"
+        assert first is not None and first["type"] in ("subscribe", "ssubscribe")
         self._task = asyncio.create_task(self._read())
         return self
 
@@ -275,7 +282,7 @@ class DoneCounter:
             except REDIS_ERRORS:
                 await asyncio.sleep(0.05)
                 continue
-            if msg is not None and msg["type"] == "message":
+            if msg is not None and msg["type"] in ("message", "smessage"):
                 key, status, _ = msg["data"].split(b"\n", 2)
                 self.counts[f"{self.flow}.0.{key.decode()}"] += 1
                 self.statuses[status.decode()] += 1

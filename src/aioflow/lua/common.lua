@@ -1,3 +1,6 @@
+-- Redis 7 has sharded pub/sub (and tells Lua its version); 6.2 has neither.
+local PUBLISH_DONE = redis.REDIS_VERSION_NUM and 'SPUBLISH' or 'PUBLISH'
+
 -- Shared prelude: KEYS[1] is the stream af:{flow:p}:q; every other key is derived
 -- from its prefix and so lives in the same Cluster slot.
 local q = KEYS[1]
@@ -38,7 +41,8 @@ local function finish(run, uid, status, field, value, now, ttl)
   if redis.call('HEXISTS', run, 'hooks') == 1 then xadd(uid, '$final', 'f', '') end
   local payload = value
   if #payload > 65536 then payload = '' end
-  redis.call('PUBLISH', pre .. ':done', uid .. '\n' .. status .. '\n' .. payload)
+  -- sharded on Redis 7+ (delivered by the run's own shard on a cluster)
+  redis.call(PUBLISH_DONE, pre .. ':done', uid .. '\n' .. status .. '\n' .. payload)
 end
 
 local function fields_to_map(flat)

@@ -1,0 +1,494 @@
+"""Where keys live: one Redis or a Redis Cluster, found out from one URL.
+
+This module owns topology and routing; nothing else in aioflow asks whether it
+runs on a cluster. :class:`Router` is the per-vertex connection: one lean
+connection per master, the slot of each key computed locally (CRC16 of its
+hash tag), and the cluster's answers handled here:
+
+- ``MOVED``: the slot map is out of date; take the new owner, refresh, retry.
+- ``ASK``: the slot is migrating; send ``ASKING`` and the command to the target.
+- ``TRYAGAIN`` / ``CLUSTERDOWN``: back off and retry (a failover in progress).
+- a node that cannot be reached: refresh the map from any live node, retry.
+
+On a single server the map has one node that owns every slot, so callers run
+the same code either way. Off the hot path aioflow uses redis-py:
+:func:`cluster_aware` swaps a plain ``Redis`` for redis-py's ``RedisCluster``
+when the server turns out to be a cluster node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .conn import Lean, NotConnected, RedisPyLean, Subscriber
+
+log = logging.getLogger("aioflow.topology")
+
+SLOTS = 16384
+Addr = tuple[str, int]
+RedisClient = Redis | RedisCluster
+
+# How long an idempotent call keeps retrying through a failover before it gives up.
+FAILOVER_TIMEOUT = 20.0
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_TABLE = _crc16_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with."""
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ b) & 0xFF]
+    return crc
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster slot of ``key``: of its ``{hash tag}`` when it has a non-empty one."""
+    k = key.encode() if isinstance(key, str) else key
+    start = k.find(b"{")
+    if start >= 0:
+        end = k.find(b"}", start + 1)
+        if end > start + 1:
+            k = k[start + 1 : end]
+    return crc16(k) % SLOTS
+
+
+def command_key(args: tuple[Any, ...]) -> Any:
+    """The key a command is routed by, or None for a keyless command."""
+    name = args[0].upper() if isinstance(args[0], str) else args[0].decode().upper()
+    if name in ("EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO"):
+        return args[3] if int(args[2]) > 0 else None
+    if name in ("XREADGROUP", "XREAD"):
+        for i, a in enumerate(args):
+            if isinstance(a, str) and a.upper() == "STREAMS":
+                return args[i + 1]
+        return None
+    if name in ("PING", "INFO", "SCRIPT", "WAIT", "CLUSTER", "CONFIG", "ASKING"):
+        return None
+    return args[1] if len(args) > 1 else None
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_cluster_info(raw: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in as_text(raw).splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+class Router:
+    """The lean, routed connection of the per-vertex path.
+
+    ``execute(*args)`` sends a command to the master owning its key (see
+    :func:`command_key`); ``execute_on(addr, *args)`` to one node. ``start()``
+    finds out what the seed is; until then the router talks to the seed only.
+    ``epoch`` grows each time the slot map changes, so per-master loops (the
+    worker's readers) know when to regroup.
+    """
+
+    def __init__(self, seed: Lean, *, failover_timeout: float = FAILOVER_TIMEOUT) -> None:
+        self._template = seed
+        self.seed: Addr = (seed.host, seed.port)
+        self.failover_timeout = failover_timeout
+        self.cluster = False
+        self.sharded_pubsub = False  # SSUBSCRIBE/SPUBLISH (Redis 7+)
+        self.epoch = 0
+        self._nodes: dict[Addr, Lean] = {self.seed: seed}
+        self._slots: list[Addr] = [self.seed] * SLOTS
+        self.masters: list[Addr] = [self.seed]
+        self._known: list[Addr] = [self.seed]  # every node seen, replicas too
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
+
+    # -- nodes and slots --------------------------------------------------------------
+
+    def node(self, addr: Addr) -> Lean:
+        conn = self._nodes.get(addr)
+        if conn is None:
+            t = self._template
+            conn = Lean(
+                addr[0],
+                addr[1],
+                db=t.db,
+                username=t.username,
+                password=t.password,
+                connect_timeout=t.connect_timeout,
+            )
+            self._nodes[addr] = conn
+        return conn
+
+    def addr_for(self, key: str | bytes) -> Addr:
+        if not self.cluster:
+            return self.seed
+        return self._slots[key_slot(key)]
+
+    def group(self, keys: Iterable[str]) -> dict[Addr, list[str]]:
+        """``keys`` grouped by the master that owns them, in the order given."""
+        out: dict[Addr, list[str]] = {}
+        for k in keys:
+            out.setdefault(self.addr_for(k), []).append(k)
+        return out
+
+    def read_groups(self, keys: Iterable[str]) -> list[tuple[Addr, list[str]]]:
+        """``keys`` split into the groups one command may read together, with the
+        node to send each to: all of them on one server; one slot each on a
+        cluster (a cluster refuses multi-key commands across slots)."""
+        if not self.cluster:
+            return [(self.seed, list(keys))]
+        by_slot: dict[int, list[str]] = {}
+        for k in keys:
+            by_slot.setdefault(key_slot(k), []).append(k)
+        return [(self._slots[slot], ks) for slot, ks in by_slot.items()]
+
+    def auto_partitions(self, flow: str) -> int:
+        """What ``partitions="auto"`` means for ``flow`` here: 1 on a single server;
+        on a cluster the smallest count of at least 4 per master whose streams
+        reach every master."""
+        if not self.cluster:
+            return 1
+        n = 4 * len(self.masters)
+        while n < 1024:
+            owners = {self.addr_for(f"{{{flow}:{p}}}") for p in range(n)}
+            if len(owners) == len(self.masters):
+                break
+            n += 1
+        return n
+
+    def lean_template(self) -> Lean:
+        return self._template
+
+    # -- discovery --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Find out whether the seed is a cluster node and, if so, map its slots."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            seed = self.node(self.seed)
+            info = parse_cluster_info(await seed.execute("INFO", "server"))
+            major = int(info.get("redis_version", "0").split(".")[0] or 0)
+            self.sharded_pubsub = major >= 7
+            cinfo = parse_cluster_info(await seed.execute("INFO", "cluster"))
+            if cinfo.get("cluster_enabled") == "1":
+                self.cluster = True
+                await self._load_slots([self.seed])
+            self._started = True
+
+    async def _load_slots(self, candidates: list[Addr]) -> None:
+        last: Exception | None = None
+        for addr in candidates:
+            try:
+                rows: Any = await self.node(addr).execute("CLUSTER", "SLOTS")
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as e:
+                last = e
+                continue
+            if not rows:
+                last = RedisConnectionError(f"{addr[0]}:{addr[1]} knows no slots yet")
+                continue
+            slots = list(self._slots)
+            masters: list[Addr] = []
+            known: list[Addr] = []
+            for row in rows:
+                start, end = int(row[0]), int(row[1])
+                nodes = [(as_text(n[0]) or addr[0], int(n[1])) for n in row[2:]]
+                master = nodes[0]
+                for s in range(start, end + 1):
+                    slots[s] = master
+                if master not in masters:
+                    masters.append(master)
+                known.extend(n for n in nodes if n not in known)
+            changed = slots != self._slots
+            self._slots = slots
+            self.masters = sorted(masters)
+            self._known = known + [a for a in self._known if a not in known]
+            if changed:
+                self.epoch += 1
+                log.info("cluster map: %d masters %s", len(self.masters), self.masters)
+            return
+        raise RedisConnectionError(f"no cluster node answered CLUSTER SLOTS: {last}")
+
+    async def refresh(self) -> None:
+        """Reload the slot map from any live node (one refresh at a time)."""
+        if not self.cluster:
+            return
+        task = self._refreshing
+        if task is None or task.done():
+            candidates = [*self.masters, *self._known, self.seed]
+            seen: list[Addr] = []
+            for a in candidates:
+                if a not in seen:
+                    seen.append(a)
+            task = asyncio.ensure_future(self._load_slots(seen))
+            self._refreshing = task
+        await asyncio.shield(task)
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def execute(self, *args: Any, idempotent: bool = False) -> Any:
+        """Send a command where its key lives; see the module docstring for what is
+        retried. ``idempotent`` calls are also retried when a connection drops
+        with the command in flight (for up to ``failover_timeout`` seconds)."""
+        if not self._started:
+            await self.start()
+        key = command_key(args)
+        addr = self.addr_for(key) if key is not None else self.masters[0]
+        return await self._routed(addr, args, idempotent=idempotent, follow=key is not None)
+
+    async def execute_on(self, addr: Addr, *args: Any) -> Any:
+        """Send a command to one node; cluster redirections are raised, not followed."""
+        return await self.node(addr).execute(*args)
+
+    async def _routed(
+        self, addr: Addr, args: tuple[Any, ...], *, idempotent: bool, follow: bool
+    ) -> Any:
+        deadline = time.monotonic() + self.failover_timeout
+        backoff = 0.02
+        asking = False
+        while True:
+            conn = self.node(addr)
+            try:
+                if asking:
+                    asking = False
+                    return (await conn.execute_many([("ASKING",), args]))[1]
+                return await conn.execute(*args)
+            except ResponseError as e:
+                text = str(e)
+                if not self.cluster or not follow:
+                    raise
+                if text.startswith("MOVED "):
+                    slot, target = text.split()[1:3]
+                    addr = self._parse_addr(target, addr)
+                    self._slots[int(slot)] = addr
+                    self._schedule_refresh()
+                    continue
+                if text.startswith("ASK "):
+                    addr = self._parse_addr(text.split()[2], addr)
+                    asking = True
+                    continue
+                if not text.startswith(("TRYAGAIN", "CLUSTERDOWN")):
+                    raise
+                if time.monotonic() + backoff > deadline:
+                    raise RedisConnectionError(f"Redis Cluster unavailable: {text}") from e
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                with contextlib.suppress(RedisConnectionError):
+                    await self.refresh()
+                if follow:
+                    addr = self.addr_for(command_key(args))
+            except (RedisConnectionError, OSError) as e:
+                sent = not isinstance(e, NotConnected)
+                if (sent and not idempotent) or time.monotonic() + backoff > deadline:
+                    raise
+                if not self.cluster and not idempotent:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                with contextlib.suppress(RedisConnectionError):
+                    await self.refresh()
+                if follow:
+                    addr = self.addr_for(command_key(args))
+
+    def _schedule_refresh(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh())
+            self._refreshing.add_done_callback(_ignore_result)
+
+    @staticmethod
+    def _parse_addr(text: str, default: Addr) -> Addr:
+        host, _, port = text.rpartition(":")
+        return (host or default[0], int(port))
+
+    async def evalsha(self, sha: str, numkeys: int, *args: Any, idempotent: bool = False) -> Any:
+        return await self.execute("EVALSHA", sha, numkeys, *args, idempotent=idempotent)
+
+    async def script_load(self, source: str) -> Any:
+        """Load a script on every master (a NOSCRIPT can come from any of them)."""
+        if not self._started:
+            await self.start()
+        sha = None
+        for addr in self.masters:
+            sha = await self.node(addr).execute("SCRIPT", "LOAD", source)
+        return sha
+
+    async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for conn in self._nodes.values():
+            await conn.aclose()
+
+
+def _ignore_result(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
+    """``redis`` itself, or a redis-py ``RedisCluster`` on the same nodes and
+    credentials when ``router`` found a cluster (redis-py follows MOVED/ASK and
+    failovers off the hot path)."""
+    await router.start()
+    if not router.cluster or isinstance(redis, RedisCluster):
+        return redis
+    kw = redis.connection_pool.connection_kwargs
+    t = router.lean_template()
+    return RedisCluster(
+        host=t.host,
+        port=t.port,
+        username=kw.get("username"),
+        password=kw.get("password"),
+        socket_connect_timeout=kw.get("socket_connect_timeout") or 5,
+        socket_keepalive=True,
+        max_connections=getattr(redis.connection_pool, "max_connections", 64),
+        cluster_error_retry_attempts=6,
+    )
+
+
+Conn = Router | RedisPyLean
+
+
+def lean(redis: Redis) -> Conn:
+    """The routed lean connection to the server (or cluster) of ``redis``; redis-py
+    itself for what :class:`Lean` cannot reach."""
+    seed = Lean.from_redis(redis)
+    return Router(seed) if seed is not None else RedisPyLean(redis)
+
+
+class Subscriptions:
+    """Pub/sub channels, each subscribed on the node that owns its slot.
+
+    With Redis 7+ the channels are sharded (SSUBSCRIBE), so a message published
+    by a script is delivered by its own shard. When a node goes away, or the
+    server says a slot moved (``sunsubscribe``), the map is refreshed and the
+    channels are subscribed again where they now live; ``on_event`` then sees a
+    second confirmation for them, which is the waiter's cue to check again.
+    """
+
+    def __init__(self, router: Router, on_event: Any) -> None:
+        self._router = router
+        self._on_event = on_event
+        self._subs: dict[Addr, Subscriber] = {}
+        self._where: dict[str, Addr] = {}
+        self._moving: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def subscribe(self, channel: str) -> None:
+        await self._router.start()
+        if channel not in self._where:
+            self._place(channel)
+
+    def _place(self, channel: str) -> None:
+        addr = self._router.addr_for(channel)
+        sub = self._subs.get(addr)
+        if sub is None:
+            sub = Subscriber(
+                self._router.node(addr),
+                self._event,
+                sharded=self._router.sharded_pubsub,
+                on_down=self._down,
+            )
+            self._subs[addr] = sub
+        self._where[channel] = addr
+        sub.subscribe(channel)
+
+    def _event(self, kind: bytes, channel: bytes, data: Any) -> None:
+        if kind == b"sunsubscribe" and channel.decode() in self._where:
+            # the slot moved to another node (Redis 7 tells its subscribers)
+            self._rehome()
+            return
+        self._on_event(kind, channel, data)
+
+    def _down(self, _: Subscriber) -> None:
+        if self._router.cluster:
+            self._rehome()
+
+    def _rehome(self) -> None:
+        if self._closed or (self._moving is not None and not self._moving.done()):
+            return
+        self._moving = asyncio.ensure_future(self._move())
+        self._moving.add_done_callback(_ignore_result)
+
+    async def _move(self) -> None:
+        with contextlib.suppress(RedisConnectionError, OSError):
+            await self._router.refresh()
+        for channel, addr in list(self._where.items()):
+            if self._router.addr_for(channel) != addr:
+                old = self._subs.get(addr)
+                if old is not None:
+                    old.unsubscribe(channel)
+                self._place(channel)
+        for addr, sub in list(self._subs.items()):
+            if not sub.channels:
+                del self._subs[addr]
+                await sub.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._moving is not None:
+            self._moving.cancel()
+        for sub in self._subs.values():
+            await sub.aclose()
+
+
+class Backend:
+    """What one process talks to Redis with, on one server or a cluster alike:
+    ``fast`` (the :class:`Router`) on the per-vertex path and ``redis`` (redis-py,
+    a ``RedisCluster`` once :meth:`start` found a cluster) for everything else."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.given = redis
+        self.redis: RedisClient = redis
+        self.fast: Conn = lean(redis)
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def cluster(self) -> bool:
+        return self.fast.cluster
+
+    async def start(self) -> None:
+        """Find out the topology (once; raises Redis connection errors while Redis
+        is unreachable, so callers may retry)."""
+        if self._started:
+            return
+        async with self._lock:
+            if self._started:
+                return
+            await self.fast.start()
+            if isinstance(self.fast, Router):
+                self.redis = await cluster_aware(self.given, self.fast)
+            self._started = True
+
+    async def aclose(self) -> None:
+        await self.fast.aclose()
+        if self.redis is not self.given:
+            await self.redis.aclose()
