@@ -1,4 +1,5 @@
-"""Fixtures: a real redis-server for the session, a clean database per test."""
+"""Fixtures: a real redis-server and a real Redis Cluster for the session (each started
+when a test first asks for it), emptied before each test that uses it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import redis as redis_py
 import redis.asyncio as aioredis
 
+from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import RedisServer
-from tests.helpers import RedisFactory
+from tests.helpers import ClusterFactory, RedisFactory
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +57,48 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One Redis Cluster for the session: 3 masters with a replica each, no persistence.
+
+    Not for killing nodes (use ``cluster_factory``); its node timeout is long (5 s) so
+    that a node starved of CPU on a loaded machine is not failed over by mistake.
+    """
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), node_timeout_ms=5000)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """URL of a master of the session's cluster, emptied (FLUSHALL on every master,
+    SCRIPT FLUSH on every node) before the test."""
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Starts fresh clusters a test may kill nodes of; all stopped at teardown.
+
+    ``cluster_factory(**kwargs)`` takes LocalCluster's arguments (default 3 masters,
+    1 replica each, node timeout 1 s); ``dir`` defaults to a fresh tmp directory.
+    """
+    factory = ClusterFactory(tmp_path / "clusters")
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(params=["single", "cluster"], ids=["single", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """An emptied Redis URL: the session's single server, then the session's cluster,
+    so that an end-to-end test runs on both (``test_x[single]``, ``test_x[cluster]``)."""
+    url: str = request.getfixturevalue("redis_url" if request.param == "single" else "cluster_url")
+    return url

@@ -14,9 +14,10 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import RedisServer
 
-__all__ = ["RedisFactory", "run_aioflow", "wait_until"]
+__all__ = ["ClusterFactory", "RedisFactory", "run_aioflow", "wait_until"]
 
 
 async def wait_until(
@@ -87,6 +88,53 @@ class RedisFactory:
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()
+
+
+class ClusterFactory:
+    """Starts independent :class:`LocalCluster` instances; ``close()`` stops them all.
+
+    Given as the ``cluster_factory`` fixture, for tests that kill cluster nodes.
+    """
+
+    def __init__(self, base_dir: str | os.PathLike[str]) -> None:
+        self._base_dir = Path(base_dir)
+        self.clusters: list[LocalCluster] = []
+
+    def __call__(
+        self,
+        *,
+        dir: str | os.PathLike[str] | None = None,
+        masters: int = 3,
+        replicas: int = 1,
+        appendonly: bool = False,
+        node_timeout_ms: int = 1000,
+        full_coverage: bool = False,
+        binary: str | None = None,
+        start: bool = True,
+    ) -> LocalCluster:
+        """A new cluster (started unless ``start=False``); ``dir`` defaults to a fresh tmp dir."""
+        if dir is None:
+            self._base_dir.mkdir(parents=True, exist_ok=True)
+            dir = tempfile.mkdtemp(prefix="cluster-", dir=self._base_dir)
+        cluster = LocalCluster(
+            Path(dir),
+            masters=masters,
+            replicas=replicas,
+            appendonly=appendonly,
+            node_timeout_ms=node_timeout_ms,
+            full_coverage=full_coverage,
+            binary=binary,
+        )
+        self.clusters.append(cluster)
+        if start:
+            cluster.start()
+        return cluster
+
+    def close(self) -> None:
+        """Stop every cluster this factory made."""
+        for cluster in reversed(self.clusters):
+            cluster.stop()
+        self.clusters.clear()
 
 
 ROOT = Path(__file__).resolve().parent.parent
