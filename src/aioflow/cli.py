@@ -22,6 +22,7 @@ from .app import App, connect
 from .engine import Engine
 from .errors import AioflowError, ConfigError
 from .gateway import create_app
+from .redis_cluster import LocalCluster
 from .redis_server import RedisServer, free_port
 from .topology import Backend
 from .worker import Worker
@@ -87,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     web_opts(sp)
     worker_opts(sp)
     sp.add_argument("--data-dir", default=".aioflow", help="embedded Redis data (default .aioflow)")
+    sp.add_argument(
+        "--cluster", type=int, default=None, metavar="N", help="own Redis Cluster of N masters"
+    )
+    sp.add_argument("--replicas", type=int, default=0, help="replicas per master (--cluster)")
     sp = sub.add_parser("run", help="pause, resume or stop a run")
     sp.add_argument("action", choices=["pause", "resume", "stop", "retry", "state"])
     sp.add_argument("run_id")
@@ -240,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.health:
                 return _run(lambda: _health(app))
             return _run(lambda: _serve(app, worker=True, gateway=False))
-        return _dev(app, args.data_dir)
+        return _dev(app, args.data_dir, cluster=args.cluster, replicas=args.replicas)
     except AioflowError as e:
         sys.stderr.write(f"aioflow: {e}\n")
         return 2
@@ -248,15 +253,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _dev(app: App, data_dir: str) -> int:
-    server: RedisServer | None = None
+def _own_redis(
+    data_dir: str, *, cluster: int | None = None, replicas: int = 0
+) -> RedisServer | LocalCluster:
+    """Start ``aioflow dev``'s own Redis with its data under ``data_dir`` (AOF on): one
+    redis-server, or a Redis Cluster of ``cluster`` masters with ``replicas`` replicas
+    each; write its URL to ``<data_dir>/redis.url`` for clients in other processes."""
+    own: RedisServer | LocalCluster
+    if cluster is not None:
+        own = LocalCluster(
+            Path(data_dir) / "cluster", masters=cluster, replicas=replicas, appendonly=True
+        )
+        own.start()
+        log.info("started a Redis Cluster in %s: %s", own.dir, " ".join(own.urls))
+    else:
+        own = RedisServer(dir=Path(data_dir) / "redis", port=free_port(), appendonly=True)
+        own.start()
+        log.info("started redis-server %s (data in %s)", own.url, own.dir)
+    # so that clients in other processes can find it
+    (Path(data_dir) / "redis.url").write_text(own.url + "\n")
+    return own
+
+
+def _dev(app: App, data_dir: str, *, cluster: int | None = None, replicas: int = 0) -> int:
+    server: RedisServer | LocalCluster | None = None
+    if cluster is None and replicas:
+        raise ConfigError("--replicas needs --cluster N")
+    if cluster is not None and app.settings.redis_url:
+        raise ConfigError(
+            "--cluster starts its own Redis Cluster: drop --redis-url / AIOFLOW_REDIS_URL"
+        )
     if not app.settings.redis_url:
-        server = RedisServer(dir=Path(data_dir) / "redis", port=free_port(), appendonly=True)
-        server.start()
-        log.info("started redis-server %s (data in %s)", server.url, server.dir)
+        server = _own_redis(data_dir, cluster=cluster, replicas=replicas)
         app.settings = app.settings.replace(redis_url=server.url)
-        # so that clients in other processes can find it
-        (Path(data_dir) / "redis.url").write_text(server.url + "\n")
     try:
         return _run(lambda: _serve(app, worker=True, gateway=True))
     finally:
