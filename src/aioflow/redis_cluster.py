@@ -383,6 +383,13 @@ class LocalCluster:
             if covered != SLOTS or dead:
                 return f"node {server.port} sees {covered} slots served, by stopped {dead}"
             maps.add(owners)
+            flagged = [n.port for n in lines if n.id in alive and n.flags & {"fail", "fail?"}]
+            if flagged:
+                return f"node {server.port} takes running node(s) {flagged} for failed"
+            # a restarted master whose slots moved on turns into a replica: not settled yet
+            idle = [n.port for n in lines if n.id in alive and "master" in n.flags and not n.slots]
+            if idle:
+                return f"node {server.port} sees master(s) {idle} serving no slot"
             me = next(n for n in lines if "myself" in n.flags)
             if "slave" in me.flags and me.master in alive:
                 repl = _cmd(server.port, "INFO", "replication")
@@ -412,8 +419,9 @@ class LocalCluster:
 
     def wait_ok(self, timeout: float = 10.0) -> None:
         """Wait until every running node says ``cluster_state:ok``, all agree on one slot
-        map that covers every slot with running masters, and every replica whose master
-        runs is in sync. Raises :class:`~aioflow.errors.ConfigError` after ``timeout`` s."""
+        map that covers every slot with running masters, none takes a running node for
+        failed or sees a master without slots, and every replica whose master runs is
+        in sync. Raises :class:`~aioflow.errors.ConfigError` after ``timeout`` s."""
         self._wait(time.monotonic() + timeout, "the cluster to be ok", self._problem)
 
     def kill(self, node: Node) -> None:
