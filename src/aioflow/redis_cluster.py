@@ -1,26 +1,15 @@
-"""Run a real Redis Cluster of local ``redis-server`` processes.
+"""Run a real Redis Cluster of local ``redis-server`` processes, for ``aioflow dev
+--cluster N`` and the tests. Each node is a :class:`~aioflow.redis_server.RedisServer`
+(Redis 6.2 or 7) with its data in ``<dir>/node-<port>``; the cluster is formed with
+MEET, ADDSLOTS[RANGE] and REPLICATE, without ``redis-cli``.
 
-Used by ``aioflow dev --cluster N`` and by the test suite. Every node is a
-:class:`~aioflow.redis_server.RedisServer` (same binary lookup: ``PATH``, else
-the one ``aioflow[embedded]`` bundles; Redis 6.2 and 7.x both work) with its
-data in ``<dir>/node-<port>``. The cluster is formed with plain commands (MEET,
-ADDSLOTS[RANGE], REPLICATE), so ``redis-cli`` is not needed::
-
-    with LocalCluster(".aioflow/cluster", masters=3, replicas=1) as cluster:
-        ...  # connect to cluster.url
-
-Node ports are drawn from 20000-22767 so that the cluster bus ports (port +
-10000, 30000-32767) stay below 55536 and below Linux's default ephemeral range,
-where outgoing connections and :func:`~aioflow.redis_server.free_port` take theirs.
-
-``cluster-require-full-coverage`` is ``no``: while a master is down only its
-own slots fail (its clients see the connection refused, then a ``MOVED`` to the
-promoted replica) and the other masters keep serving, which is what a failover
-test should watch: the dead master's partitions stall, the rest carry on. Pass
-``full_coverage=True`` for Redis's default, where every node answers
-``CLUSTERDOWN`` until the promotion. Replicas always take over
-(``cluster-replica-validity-factor 0``); a failover needs a majority of the
-masters alive, so three masters at least.
+Node ports come from 20000-22767: their bus ports (+10000) stay below 55536 and below
+Linux's ephemeral range, where outgoing connections and ``free_port()`` take theirs.
+``cluster-require-full-coverage no`` (unless ``full_coverage=True``): while a master
+is down only its slots fail and the other masters keep serving, which is what a
+failover test should watch; with ``yes`` every node answers ``CLUSTERDOWN`` until the
+promotion. Replicas always take over (``cluster-replica-validity-factor 0``); a
+failover needs a majority of masters alive, so three masters at least.
 """
 
 from __future__ import annotations
