@@ -27,6 +27,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -369,7 +371,8 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
         socket_connect_timeout=kw.get("socket_connect_timeout") or 5,
         socket_keepalive=True,
         max_connections=getattr(redis.connection_pool, "max_connections", 64),
-        cluster_error_retry_attempts=6,
+        # through a failover: the node's replica takes over within seconds
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
     )
 
 
