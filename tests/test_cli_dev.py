@@ -166,9 +166,6 @@ async def test_dev_cluster_needs_no_url_and_replicas_need_cluster(data_dir: Path
     assert code == 2 and "drop --redis-url" in err, err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the engine's Redis Cluster support is built in the lead's branch"
-)
 async def test_dev_cluster_runs_hello_and_cleans_up(tmp_path: Path, data_dir: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
