@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 import aioflow
 from aioflow.app import connect
+from aioflow.topology import RedisClient
 
 
 @dataclass
@@ -19,7 +18,7 @@ class Stack:
     """In-process workers and a client on one Redis (see :func:`running`)."""
 
     url: str
-    redis: Redis
+    redis: RedisClient  # a RedisCluster on a cluster, once a worker prepared
     client: aioflow.Client
     workers: list[aioflow.Worker] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -49,6 +48,7 @@ async def running(
         for _ in range(workers):
             w = aioflow.Worker(flows, redis, settings=s)
             await w.prepare()
+            stack.redis = w.redis
             stack.workers.append(w)
             stack.tasks.append(asyncio.create_task(w.run()))
         yield stack

@@ -291,7 +291,7 @@ async def test_several_parents_aggregate_and_edge_options(redis_url: str) -> Non
     assert out["fwd"] == ["fwd", {"a": {"forwarded": a}, "b": b}]
 
 
-async def test_node_after_groups_gets_group_outputs_by_name(redis_url: str) -> None:
+async def test_node_after_groups_gets_group_outputs_by_name(any_redis_url: str) -> None:
     flow = aioflow.Flow("after-groups")
     inner = aioflow.Dag()
     inner.node("x", tag("x"))
@@ -301,7 +301,7 @@ async def test_node_after_groups_gets_group_outputs_by_name(redis_url: str) -> N
     each = flow.foreach("fe", lambda d: {"only": d})
     each.node("z", tag("z"))
     flow.node("join", tag("join"), after=["sub", "br", "fe"])
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         assert await s.client.execute(flow, 1, timeout=10) == [
             "join",
             {"sub": ["x", 1], "br": {"k": ["y", 1]}, "fe": {"only": ["z", 1]}},
@@ -331,9 +331,9 @@ def nested_flow(name: str) -> aioflow.Flow:
     return flow
 
 
-async def test_foreach_in_branch_in_subdag(redis_url: str) -> None:
+async def test_foreach_in_branch_in_subdag(any_redis_url: str) -> None:
     flow = nested_flow("nested")
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         run_id = await s.client.submit(flow, {"items": [2, 3]})
         assert await s.client.result(run_id, timeout=10) == [
             "end",
@@ -388,7 +388,7 @@ async def test_same_dag_embedded_twice_and_in_two_flows(redis_url: str) -> None:
 # -- context ----------------------------------------------------------------------------
 
 
-async def test_run_store_is_shared_by_the_vertices_of_one_run(redis_url: str) -> None:
+async def test_run_store_is_shared_by_the_vertices_of_one_run(any_redis_url: str) -> None:
     flow = aioflow.Flow("store")
 
     async def first(data: Any, ctx: aioflow.Context) -> None:
@@ -415,7 +415,7 @@ async def test_run_store_is_shared_by_the_vertices_of_one_run(redis_url: str) ->
     each = flow.foreach("each", lambda _: {"x": "x", "y": "y"}, after="first")
     each.node("item", item)
     flow.node("last", last, after="each")
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         r1, r2 = await asyncio.gather(
             s.client.execute(flow, 1, timeout=10), s.client.execute(flow, 2, timeout=10)
         )

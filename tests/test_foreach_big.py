@@ -13,7 +13,7 @@ from tests.engine_helpers import running
 N = 10_000
 
 
-async def test_foreach_over_ten_thousand_items(redis_url: str) -> None:
+async def test_foreach_over_ten_thousand_items(any_redis_url: str) -> None:
     calls = {"split": 0, "item": 0, "aggregate": 0, "join": 0}
     items_seen: set[str] = set()
 
@@ -45,7 +45,7 @@ async def test_foreach_over_ten_thousand_items(redis_url: str) -> None:
     each_all = flow_all.foreach("each", split)
     each_all.node("square", square)
 
-    async with running([flow, flow_all], redis_url, concurrency=200) as s:
+    async with running([flow, flow_all], any_redis_url, concurrency=200) as s:
         t0 = time.monotonic()
         run_id = await s.client.submit(flow, N)
         result = await s.client.result(run_id, timeout=60)
@@ -71,8 +71,10 @@ async def test_foreach_over_ten_thousand_items(redis_url: str) -> None:
         assert 0 < ttl <= 86400
         shared = {"af:flows", "af:workers"}  # registry and heartbeats: bounded, no TTL
         for name in ("big", "big-all"):
-            tag = f"af:{{{name}:0}}"
-            shared |= {f"{tag}:q", f"{tag}:z", f"{tag}:i", f"{tag}:dlq"}
+            parts = (await s.client.engine.flow_info(name)).partitions
+            for p in range(parts):
+                tag = f"af:{{{name}:{p}}}"
+                shared |= {f"{tag}:q", f"{tag}:z", f"{tag}:i", f"{tag}:dlq"}
         checked = 0
         async for raw in s.redis.scan_iter(match="af:*", count=1000):
             key = raw.decode()

@@ -18,6 +18,7 @@ from aioflow.app import connect
 from aioflow.keys import RunId
 from aioflow.scripts import SCRIPTS
 from aioflow.status import Status
+from aioflow.topology import RedisClient
 from tests.engine_helpers import running
 from tests.helpers import wait_until
 
@@ -48,7 +49,7 @@ def _diamond(name: str, join_calls: list[Any]) -> aioflow.Flow:
     return flow
 
 
-async def _group(redis: Redis, stream: str) -> dict[str, Any]:
+async def _group(redis: RedisClient, stream: str) -> dict[str, Any]:
     for g in await redis.xinfo_groups(stream):
         name = g["name"]
         if (name.decode() if isinstance(name, bytes) else name) == keys.GROUP:
@@ -60,7 +61,7 @@ def _id(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-async def _consumed(redis: Redis, stream: str, last_id: bytes) -> bool:
+async def _consumed(redis: RedisClient, stream: str, last_id: bytes) -> bool:
     """The group has delivered everything up to ``last_id`` and nothing is pending."""
     g = await _group(redis, stream)
     # "lag" exists from Redis 7 on; last-delivered == last id says the same on 6.2
@@ -71,16 +72,16 @@ async def _consumed(redis: Redis, stream: str, last_id: bytes) -> bool:
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
-async def _xrange(redis: Redis, stream: str, lo: str = "-") -> list[Entry]:
+async def _xrange(redis: RedisClient, stream: str, lo: str = "-") -> list[Entry]:
     entries: Any = await redis.xrange(stream, min=lo, max="+")
     return [(mid, dict(fields)) for mid, fields in entries]
 
 
-async def _entries_after(redis: Redis, stream: str, after: bytes) -> list[Entry]:
+async def _entries_after(redis: RedisClient, stream: str, after: bytes) -> list[Entry]:
     return await _xrange(redis, stream, f"({_id(after)}")
 
 
-async def _xadd(redis: Redis, stream: str, fields: dict[Any, Any]) -> bytes:
+async def _xadd(redis: RedisClient, stream: str, fields: dict[Any, Any]) -> bytes:
     mid: Any = await redis.xadd(stream, fields)
     assert isinstance(mid, bytes)
     return mid
@@ -94,10 +95,10 @@ async def _read_one(redis: Redis, consumer: str, stream: str) -> Entry:
     return mid, dict(fields)
 
 
-async def test_duplicate_join_message_after_the_run_completed(redis_url: str) -> None:
+async def test_duplicate_join_message_after_the_run_completed(any_redis_url: str) -> None:
     calls: list[Any] = []
     flow = _diamond("dup-after", calls)
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         w = s.workers[0]
         run_id = await s.client.submit("dup-after", 1)
         assert await s.client.result(run_id, timeout=T) == 220
@@ -164,7 +165,7 @@ async def test_duplicate_join_message_while_the_run_is_running(redis_url: str) -
         assert len(calls) == 1
 
 
-async def test_join_executed_twice_completes_once(redis_url: str) -> None:
+async def test_join_executed_twice_completes_once(any_redis_url: str) -> None:
     """Both copies of the join's message run (at least once), but only the first
     completion is applied: the tail is enqueued once and the result is unchanged."""
     flow = aioflow.Flow("dup-twice")
@@ -195,7 +196,7 @@ async def test_join_executed_twice_completes_once(redis_url: str) -> None:
         tail_calls.append(x)
         return x
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         w = s.workers[0]
         run_id = await s.client.submit("dup-twice", 1)
         rid = RunId.parse(run_id)

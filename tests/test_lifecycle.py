@@ -26,6 +26,7 @@ from aioflow import keys
 from aioflow.engine import Engine
 from aioflow.gateway import create_app
 from aioflow.scripts import SCRIPTS
+from aioflow.topology import RedisClient
 from tests.engine_helpers import Stack, running
 from tests.helpers import wait_until
 
@@ -36,13 +37,13 @@ HttpClient = TestClient[web.Request, web.Application]
 # -- helpers ------------------------------------------------------------------------------
 
 
-async def pel(redis: Redis, flow: str, partition: int = 0) -> int:
+async def pel(redis: RedisClient, flow: str, partition: int = 0) -> int:
     """Entries delivered and not yet acked on the flow's stream."""
     info: Any = await redis.xpending(keys.stream(flow, partition), keys.GROUP)
     return int(info["pending"])
 
 
-async def idle(redis: Redis, flow: str, partition: int = 0) -> bool:
+async def idle(redis: RedisClient, flow: str, partition: int = 0) -> bool:
     """Nothing pending and nothing undelivered on the flow's stream."""
     stream = keys.stream(flow, partition)
     if await pel(redis, flow, partition):
@@ -180,11 +181,11 @@ async def test_pause_pending_delayed_run_parks_its_entry(redis_url: str, redis: 
         assert [v for _, v in starts] == ["first", "second", "third"]
 
 
-async def test_control_over_http(redis_url: str) -> None:
+async def test_control_over_http(any_redis_url: str) -> None:
     gate = asyncio.Event()
     starts: list[tuple[str, str]] = []
     flow = chain_flow("hc", gate, starts)
-    async with gateway([flow], redis_url) as (http, stack):
+    async with gateway([flow], any_redis_url) as (http, stack):
         try:
             run_id = (await body(await http.post("/flow/hc", json=1), 202))["run_id"]
             await wait_until(lambda: len(starts) == 1, what="first running")
@@ -193,7 +194,8 @@ async def test_control_over_http(redis_url: str) -> None:
             doc = await body(await http.post(f"/flow/hc/run/{run_id}/pause"), 409)
             assert doc["error"] == "invalid_transition" and "paused" in doc["detail"]
             gate.set()
-            await wait_until(lambda: idle(stack.redis, "hc"), what="worker idle")
+            part = keys.RunId.parse(run_id).partition
+            await wait_until(lambda: idle(stack.redis, "hc", part), what="worker idle")
             doc = await body(await http.get(f"/flow/hc/run/{run_id}"), 200)
             assert doc["status"] == "paused"
             assert doc["vertices"]["second"]["status"] == "parked"

@@ -38,10 +38,10 @@ def diamond(calls: Counter[str], broken: dict[str, bool]) -> aioflow.Flow:
     return flow
 
 
-async def test_rerun_failed_diamond_reuses_results(redis_url: str) -> None:
+async def test_rerun_failed_diamond_reuses_results(any_redis_url: str) -> None:
     calls: Counter[str] = Counter()
     broken = {"right": True}
-    async with running([diamond(calls, broken)], redis_url) as s:
+    async with running([diamond(calls, broken)], any_redis_url) as s:
         rid = await s.client.submit("rerun-diamond", 1)
         with pytest.raises(aioflow.RunFailed) as info:
             await s.client.result(rid, timeout=10)

@@ -84,7 +84,7 @@ def test_invalid_policy(kwargs: dict[str, Any]) -> None:
 # -- retries on the engine ----------------------------------------------------------------
 
 
-async def test_fails_twice_then_succeeds_on_the_third_attempt(redis_url: str) -> None:
+async def test_fails_twice_then_succeeds_on_the_third_attempt(any_redis_url: str) -> None:
     flow = aioflow.Flow("flaky")
     attempts: list[int] = []
 
@@ -99,7 +99,7 @@ async def test_fails_twice_then_succeeds_on_the_third_attempt(redis_url: str) ->
     async def after(d: dict[str, int]) -> dict[str, int]:
         return d
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         rid = await s.client.submit("flaky", 5)
         assert await s.client.result(rid, timeout=T) == {"x": 5, "attempt": 3}
         assert attempts == [1, 2, 3]
@@ -275,7 +275,7 @@ async def test_jittered_due_time_within_bounds(redis_url: str) -> None:
 # -- timeouts -----------------------------------------------------------------------------
 
 
-async def test_timeout_then_retry_succeeds(redis_url: str) -> None:
+async def test_timeout_then_retry_succeeds(any_redis_url: str) -> None:
     flow = aioflow.Flow("timed")
     cancelled: list[int] = []
 
@@ -289,14 +289,14 @@ async def test_timeout_then_retry_succeeds(redis_url: str) -> None:
                 raise
         return {"x": x, "attempt": ctx.attempt}
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         rid = await s.client.submit("timed", 7)
         assert await s.client.result(rid, timeout=T) == {"x": 7, "attempt": 2}
         assert cancelled == [1]
         assert (await s.client.state(rid)).vertices["work"].attempts == 2
 
 
-async def test_timeout_exhausted_fails_with_node_timeout(redis_url: str) -> None:
+async def test_timeout_exhausted_fails_with_node_timeout(any_redis_url: str) -> None:
     flow = aioflow.Flow("slowpoke")
     started: list[int] = []
 
@@ -310,7 +310,7 @@ async def test_timeout_exhausted_fails_with_node_timeout(redis_url: str) -> None
     async def never(x: int) -> int:
         raise AssertionError("must not run")
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         rid = await s.client.submit("slowpoke", 1)
         with pytest.raises(aioflow.RunFailed) as info:
             await s.client.result(rid, timeout=T)

@@ -27,7 +27,7 @@ async def test_single_node(redis_url: str) -> None:
         assert await s.client.execute(flow, 5, timeout=T) == 10
 
 
-async def test_chain(redis_url: str) -> None:
+async def test_chain(any_redis_url: str) -> None:
     flow = aioflow.Flow("chain3")
 
     @flow.node
@@ -42,7 +42,7 @@ async def test_chain(redis_url: str) -> None:
     async def three(x: list[str]) -> list[str]:
         return [*x, "three"]
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         assert await s.client.execute("chain3", ["in"], timeout=T) == ["in", "one", "two", "three"]
 
 
@@ -70,10 +70,10 @@ def _diamond(name: str, seen: list[Any] | None = None) -> aioflow.Flow:
     return flow
 
 
-async def test_diamond(redis_url: str) -> None:
+async def test_diamond(any_redis_url: str) -> None:
     seen: list[Any] = []
     flow = _diamond("diamond", seen)
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         assert await s.client.execute("diamond", 1, timeout=T) == {
             "sum": 220,
             "left": 20,
@@ -82,7 +82,7 @@ async def test_diamond(redis_url: str) -> None:
     assert seen == [{"left": 20, "right": 200}]
 
 
-async def test_wide_fan_out_with_join(redis_url: str) -> None:
+async def test_wide_fan_out_with_join(any_redis_url: str) -> None:
     flow = aioflow.Flow("fan")
     width = 100
 
@@ -104,7 +104,7 @@ async def test_wide_fan_out_with_join(redis_url: str) -> None:
         joined.append(d)
         return len(d)
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         assert await s.client.execute("fan", "go", timeout=T) == width
     assert len(joined) == 1
     assert joined[0] == {n: f"{n}:go!" for n in names}
@@ -134,7 +134,7 @@ async def test_several_entries_all_receive_the_input(redis_url: str) -> None:
     assert got == {"e1": {"v": 7}, "e2": {"v": 7}, "e3": {"v": 7}}
 
 
-async def test_several_exits_give_a_dict(redis_url: str) -> None:
+async def test_several_exits_give_a_dict(any_redis_url: str) -> None:
     flow = aioflow.Flow("exits")
 
     @flow.node
@@ -153,7 +153,7 @@ async def test_several_exits_give_a_dict(redis_url: str) -> None:
     async def raw(x: int) -> bytes:
         return b"\x00" * x
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         out = await s.client.execute("exits", 3, timeout=T)
     assert out == {"plus": 4, "minus": 2, "raw": b"\x00\x00\x00"}
 
@@ -455,7 +455,7 @@ async def test_forward_transforms_the_value(redis_url: str) -> None:
     assert out == {"single": {"fwd": 10}, "joined": {"a": -5, "b": 6}}
 
 
-async def test_error_surfaces_as_run_failed(redis_url: str) -> None:
+async def test_error_surfaces_as_run_failed(any_redis_url: str) -> None:
     flow = aioflow.Flow("fails")
 
     @flow.node
@@ -473,7 +473,7 @@ async def test_error_surfaces_as_run_failed(redis_url: str) -> None:
     async def never(x: int) -> int:
         raise AssertionError("must not run after a failure")
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         with pytest.raises(aioflow.RunFailed) as exc:
             await s.client.execute("fails", 42, timeout=T)
         err = exc.value
@@ -539,7 +539,7 @@ async def test_result_of_a_run_submitted_earlier(redis_url: str) -> None:
             assert out["sum"] == (i + 1) * 110
 
 
-async def test_result_timeout_then_result(redis_url: str) -> None:
+async def test_result_timeout_then_result(any_redis_url: str) -> None:
     flow = aioflow.Flow("waits")
     release = asyncio.Event()
     started = asyncio.Event()
@@ -550,7 +550,7 @@ async def test_result_timeout_then_result(redis_url: str) -> None:
         await release.wait()
         return x * 2
 
-    async with running([flow], redis_url) as s:
+    async with running([flow], any_redis_url) as s:
         run_id = await s.client.submit("waits", 4)
         try:
             await asyncio.wait_for(started.wait(), T)
@@ -564,7 +564,9 @@ async def test_result_timeout_then_result(redis_url: str) -> None:
         finally:
             release.set()
         assert await s.client.result(run_id, timeout=T) == 8
-        assert await s.client.result("waits.0.second", timeout=T) == 10
+        # the caller-chosen id names the run started above (not a second one)
+        second = await s.client.submit("waits", 6, run_id="second")
+        assert await s.client.result(second, timeout=T) == 10
 
 
 async def test_unknown_flow(redis_url: str) -> None:

@@ -292,7 +292,7 @@ class Engine:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         result_ttl: float = 86400.0,
         clock: Callable[[], float] = time.time,

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 
 from . import codec, tracing
 from .engine import REDIS_ERRORS, Engine, register
@@ -29,6 +28,7 @@ from .keys import RunId, check_flow_name
 from .model import Flow
 from .settings import Settings
 from .status import Status
+from .topology import RedisClient
 
 log = logging.getLogger("aioflow.gateway")
 
@@ -296,7 +296,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 def create_app(
-    redis: Redis,
+    redis: RedisClient,
     *,
     flows: list[Flow] | None = None,
     settings: Settings | None = None,

@@ -379,9 +379,17 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
 Conn = Router | RedisPyLean
 
 
-def lean(redis: Redis) -> Conn:
+def lean(redis: RedisClient) -> Conn:
     """The routed lean connection to the server (or cluster) of ``redis``; redis-py
     itself for what :class:`Lean` cannot reach."""
+    if isinstance(redis, RedisCluster):
+        node = redis.startup_nodes[0]
+        kw = redis.connection_kwargs
+        return Router(
+            Lean(
+                node.host, int(node.port), username=kw.get("username"), password=kw.get("password")
+            )
+        )
     seed = Lean.from_redis(redis)
     return Router(seed) if seed is not None else RedisPyLean(redis)
 
@@ -467,7 +475,7 @@ class Backend:
     ``fast`` (the :class:`Router`) on the per-vertex path and ``redis`` (redis-py,
     a ``RedisCluster`` once :meth:`start` found a cluster) for everything else."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.given = redis
         self.redis: RedisClient = redis
         self.fast: Conn = lean(redis)

@@ -68,7 +68,7 @@ class Worker:
     def __init__(
         self,
         flows: Sequence[Flow],
-        redis: Redis,
+        redis: RedisClient,
         *,
         settings: Settings | None = None,
         name: str | None = None,
