@@ -363,7 +363,7 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
         return redis
     kw = redis.connection_pool.connection_kwargs
     t = router.lean_template()
-    return RedisCluster(
+    cluster = RedisCluster(
         host=t.host,
         port=t.port,
         username=kw.get("username"),
@@ -374,6 +374,10 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
         # through a failover: the node's replica takes over within seconds
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
     )
+    # discover the nodes now: commands racing the discovery fail inside redis-py 8
+    # (RuntimeError/AttributeError on connections it closes meanwhile)
+    await cluster.initialize()
+    return cluster
 
 
 Conn = Router | RedisPyLean
