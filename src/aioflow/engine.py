@@ -262,10 +262,18 @@ class Waiter:
             if ch != channel:
                 continue
             flow, part = ch[4:].split("}")[0].split(":")
-            with contextlib.suppress(*REDIS_ERRORS):
+            try:
                 outcome = await fetch_outcome(self._fast, RunId(flow, int(part), key))
-                if outcome is not None:
-                    self._resolve(ch, key, outcome)
+            except REDIS_ERRORS:
+                continue
+            except RunNotFound as e:
+                # after a failover: the run's submit was lost with the old master
+                for fut in self._waits.pop((ch, key), []):
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            if outcome is not None:
+                self._resolve(ch, key, outcome)
 
 
 async def fetch_outcome(redis: Redis | Conn, rid: RunId) -> Outcome | None:
