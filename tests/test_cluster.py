@@ -13,15 +13,19 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 import aioflow
+from aioflow import keys
+from aioflow.engine import register
+from aioflow.gateway import create_app
 from aioflow.keys import RunId
 from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import free_port
 from aioflow.topology import Router, command_key, crc16, key_slot, lean
 from tests.engine_helpers import running
-from tests.helpers import wait_until
+from tests.helpers import run_aioflow, wait_until
 from tests.test_multiprocess import Procs
 
 
@@ -182,3 +186,76 @@ async def test_gateway_and_two_worker_processes_on_a_cluster(
         p.send_signal(signal.SIGTERM)
     for name, p in procs.procs.items():
         assert p.wait(timeout=30) == 0, f"{name}:\n{procs.output(name)}"
+
+
+async def test_dead_letter_and_replay_on_a_cluster(cluster_url: str) -> None:
+    flow = aioflow.Flow("dlc", partitions=6)
+
+    @flow.node
+    async def double(x: int) -> int:
+        return x * 2
+
+    async with aioflow.Client(cluster_url) as client:
+        await client.engine.start()
+        await register(client.engine.redis, [flow], fast=client.engine.fast)
+        run_id = await client.submit("dlc", 21)
+        rid = RunId.parse(run_id)
+        r = client.engine.redis
+        # a ghost consumer takes the message and claims it again: 3 deliveries
+        got: Any = await r.xreadgroup(keys.GROUP, "ghost", {rid.stream: ">"}, count=1)
+        mid = got[0][1][0][0]
+        for _ in range(2):
+            await r.xclaim(rid.stream, keys.GROUP, "ghost", 0, [mid])
+        async with running([flow], cluster_url, max_deliveries=2, visibility_timeout=0.2):
+            with pytest.raises(aioflow.RunFailed) as info:
+                await client.result(run_id, timeout=20)
+            assert info.value.error_type == "DeadLetter"
+            letters = await client.dead_letters()
+            assert [d["run_id"] for d in letters] == [run_id]
+            assert await client.replay(letters[0]["id"]) == run_id
+            assert await client.result(run_id, timeout=20) == 42
+            assert await client.dead_letters() == []
+
+
+async def test_stop_reaches_the_node_and_metrics_cover_every_partition(cluster_url: str) -> None:
+    flow = aioflow.Flow("stopc")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    @flow.node
+    async def forever(x: int) -> int:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return x
+
+    async with running([flow], cluster_url) as s:
+        run_id = await s.client.submit(flow, 1)
+        await asyncio.wait_for(started.wait(), 20)
+        assert await s.client.stop(run_id) is aioflow.Status.STOPPED
+        await asyncio.wait_for(cancelled.wait(), 20)  # the control channel on a cluster
+        with pytest.raises(aioflow.RunStopped):
+            await s.client.result(run_id, timeout=5)
+        app = create_app(s.redis)
+        async with TestClient(TestServer(app)) as http:
+            resp = await http.get("/metrics")
+            assert resp.status == 200
+            text = await resp.text()
+        parts = (await s.client.engine.flow_info("stopc")).partitions
+        for p in range(parts):
+            assert f'aioflow_stream_length{{flow="stopc",partition="{p}"}}' in text
+
+
+async def test_worker_health_cli_on_a_cluster(cluster_url: str) -> None:
+    flow = _hello()
+    async with running([flow], cluster_url, visibility_timeout=0.3) as s:
+        await s.client.execute(flow, "h", timeout=20)
+        code, out, err = await run_aioflow(
+            "worker", "examples/hello.py:app", "--health", "--redis-url", cluster_url
+        )
+        assert code == 0, out + err
+        assert '"healthy":true' in out.replace(" ", "")
+        code, out, err = await run_aioflow("run", "state", "--redis-url", cluster_url, "x.0.y")
+        assert code == 2 and "not found" in err  # an aioflow error, not a redirection
