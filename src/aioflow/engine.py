@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ClusterError,
     MasterDownError,
@@ -63,6 +64,7 @@ REDIS_ERRORS = (
     TryAgainError,
     MasterDownError,
     RedisClusterException,
+    AskError,  # MovedError too: a redirection redis-py gave up following
 )
 
 

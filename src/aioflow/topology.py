@@ -260,6 +260,14 @@ class Router:
         """Send a command where its key lives; see the module docstring for what is
         retried. ``idempotent`` calls are also retried when a connection drops
         with the command in flight (for up to ``failover_timeout`` seconds)."""
+        if not self.cluster and self._started:
+            # one server: nothing to route (the common, per-vertex case)
+            try:
+                return await self._nodes[self.seed].execute(*args)
+            except (RedisConnectionError, OSError):
+                if not idempotent:
+                    raise
+            return await self._routed(self.seed, args, idempotent=True, follow=False)
         if not self._started:
             await self.start()
         key = command_key(args)
