@@ -42,6 +42,8 @@ class _Protocol(asyncio.Protocol):
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport
         self.lost: Exception | None = None
+        # kept: asyncio.get_running_loop() costs a getpid() syscall per call
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -129,7 +131,7 @@ class Lean:
     async def _send(proto: _Protocol, *args: Any) -> Any:
         if proto.lost is not None or proto.transport is None:
             raise proto.lost or RedisConnectionError("not connected")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = proto.loop.create_future()
         proto.waiters.append(fut)
         proto.transport.write(_pack(*args))
         reply = await fut
@@ -156,8 +158,7 @@ class Lean:
             proto = await self._open()
         if proto.transport is None:
             raise proto.lost or RedisConnectionError("not connected")
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in commands]
+        futs = [proto.loop.create_future() for _ in commands]
         proto.waiters.extend(futs)
         proto.transport.write(b"".join(_pack(*c) for c in commands))
         replies = [await f for f in futs]

@@ -10,11 +10,10 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -68,15 +67,23 @@ REDIS_ERRORS = (
 )
 
 
-@contextlib.asynccontextmanager
-async def translate() -> AsyncIterator[None]:
+class _Translate:
+    # a class, not @asynccontextmanager: this wraps every client call
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        # ResultTimeout is an OSError too: keep ours as they are
+        if isinstance(exc, REDIS_ERRORS) and not isinstance(exc, AioflowError):
+            raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
+
+
+_TRANSLATE = _Translate()
+
+
+def translate() -> _Translate:
     """Turn Redis connection errors into :class:`RedisUnavailable` at the boundary."""
-    try:
-        yield
-    except AioflowError:
-        raise  # ResultTimeout is an OSError too: keep ours as they are
-    except REDIS_ERRORS as e:
-        raise RedisUnavailable(f"Redis is unavailable: {e}") from e
+    return _TRANSLATE
 
 
 def _parse_cursor(cursor: str) -> tuple[float, int, str]:
@@ -278,12 +285,9 @@ class Waiter:
                 self._resolve(ch, key, outcome)
 
 
-async def fetch_outcome(redis: Redis | Conn, rid: RunId) -> Outcome | None:
+async def fetch_outcome(fast: Conn, rid: RunId) -> Outcome | None:
     """The outcome of a finished run, None while it runs; raises RunNotFound."""
-    if isinstance(redis, Redis):
-        vals: Any = await redis.hmget(rid.run, ["status", "result", "err"])
-    else:
-        vals = await redis.execute("HMGET", rid.run, "status", "result", "err")
+    vals: Any = await fast.execute("HMGET", rid.run, "status", "result", "err", idempotent=True)
     status, result, err = vals
     if status is None:
         raise RunNotFound(f"run {rid} not found (it never existed or it expired)")

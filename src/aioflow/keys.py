@@ -94,10 +94,24 @@ def done_channel(flow: str, partition: int) -> str:
     return f"{tag(flow, partition)}:done"
 
 
+_random = bytearray()
+
+
+def _forget_random() -> None:
+    _random.clear()  # a forked child must not hand out its parent's bytes
+
+
+os.register_at_fork(after_in_child=_forget_random)
+
+
 def new_key() -> str:
     """A fresh run key: 12 hex digits of milliseconds, then 10 random hex digits,
     so keys sort by creation time."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(5).hex()}"
+    if len(_random) < 5:
+        _random.extend(os.urandom(4096))  # one getrandom() per 819 keys, not per key
+    rnd = bytes(_random[-5:])
+    del _random[-5:]
+    return f"{int(time.time() * 1000):012x}{rnd.hex()}"
 
 
 _counter = 0
