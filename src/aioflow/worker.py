@@ -83,6 +83,9 @@ class Worker:
         self.streams: dict[str, Flow] = {}  # stream -> its flow, settled by prepare()
         self._stream_list: list[str] = []
         self._reserved = 0  # slots held by reads in progress
+        self._busy_readers = 0  # readers whose last read found messages
+        self._rotate = 0
+        self._read_backoff = 0.05
         self._inflight: dict[bytes, tuple[Msg, asyncio.Task[None]]] = {}
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
         self._done: list[tuple[Msg, list[Any]]] = []
@@ -282,84 +285,96 @@ class Worker:
     async def _read_from(
         self, reader: Lean | RedisPyLean, streams: list[str], epoch: int, readers: int
     ) -> None:
-        backoff = 0.05
-        rotate = 0
-        idle = False
-        n = len(streams)
-        while not self._stopping.is_set() and self.fast.epoch == epoch:
-            free = self._free() - self._reserved
-            if free <= 0:
-                self._slot_event.clear()
-                await self._slot_event.wait()
-                continue
-            if readers > 1:
-                # a reader whose master had nothing last time blocks holding few slots
-                share = min(free, n) if idle else max(1, free // readers)
-            else:
-                share = free
-            if share >= n:
-                chosen, count, block = streams, share // n, 1000
-            else:
-                # COUNT applies per stream: read only as many streams as free slots
-                start = rotate % n
-                rotate += share
-                chosen = [streams[(start + i) % n] for i in range(share)]
-                count, block = 1, 10
-            self._reserved += share
-            try:
-                resp: Any = await reader.execute(
-                    "XREADGROUP",
-                    "GROUP",
-                    keys.GROUP,
-                    self.consumer,
-                    "COUNT",
-                    count,
-                    "BLOCK",
-                    block,
-                    "STREAMS",
-                    *chosen,
-                    *[">"] * len(chosen),
-                )
-                backoff = 0.05
-            except ResponseError as e:
-                self._reserved -= share
-                if str(e).startswith("NOGROUP"):
-                    # the group's creation was lost (a failover before it replicated)
-                    log.warning("read failed (%s): creating the consumer groups again", e)
-                    with contextlib.suppress(*REDIS_ERRORS, ResponseError):
-                        await register(self.redis, self.flows.values(), fast=self.fast)
-                elif str(e).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
-                    # a slot of ours moved (failover, resharding): regroup the readers
-                    log.info("read redirected (%s); refreshing the cluster map", e)
-                else:
-                    log.error("read failed (%s); retrying in %.1fs", e, backoff)
-                await self._refresh(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            except REDIS_ERRORS as e:
-                self._reserved -= share
-                log.warning("read failed (%s); retrying in %.1fs", e, backoff)
-                await self._refresh(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            self.last_read = time.monotonic()
-            got = sum(len(entries) for _, entries in resp or ())
-            idle = got == 0
-            self._reserved -= share - got
-            try:
-                for stream, entries in resp or ():
-                    await self._start(
-                        stream.decode() if isinstance(stream, bytes) else stream,
-                        entries,
-                        reclaimed=False,
-                    )
-            finally:
-                self._reserved -= got
-                if got < share:
-                    self._slot_event.set()
+        busy = False  # the last read found messages
+        try:
+            while not self._stopping.is_set() and self.fast.epoch == epoch:
+                got = await self._read_once(reader, streams, readers, busy)
+                if got >= 0 and busy != (got > 0):
+                    busy = got > 0
+                    self._busy_readers += 1 if busy else -1
+        finally:
+            if busy:
+                self._busy_readers -= 1
 
-    async def _refresh(self, pause: float) -> None:
-        await asyncio.sleep(pause)
+    async def _read_once(
+        self, reader: Lean | RedisPyLean, streams: list[str], readers: int, busy: bool
+    ) -> int:
+        """One XREADGROUP and the claim of what it brought: how many messages it
+        brought (-1: no read was made)."""
+        free = self._free() - self._reserved
+        if free <= 0:
+            self._slot_event.clear()
+            await self._slot_event.wait()
+            return -1
+        n = len(streams)
+        if readers == 1:
+            share = free
+        elif busy:  # the readers that found messages last time share the free slots
+            share = max(1, free // max(1, self._busy_readers))
+        else:  # one whose streams had nothing blocks holding a slot per stream
+            share = min(free, n)
+        if share >= n:
+            chosen, count, block = streams, share // n, 1000
+        else:
+            # COUNT applies per stream: read only as many streams as free slots
+            start = self._rotate % n
+            self._rotate += share
+            chosen = [streams[(start + i) % n] for i in range(share)]
+            count, block = 1, 10
+        self._reserved += share
+        try:
+            resp: Any = await reader.execute(
+                "XREADGROUP",
+                "GROUP",
+                keys.GROUP,
+                self.consumer,
+                "COUNT",
+                count,
+                "BLOCK",
+                block,
+                "STREAMS",
+                *chosen,
+                *[">"] * len(chosen),
+            )
+            self._read_backoff = 0.05
+        except ResponseError as e:
+            self._reserved -= share
+            if str(e).startswith("NOGROUP"):
+                # the group's creation was lost (a failover before it replicated)
+                log.warning("read failed (%s): creating the consumer groups again", e)
+                with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                    await register(self.redis, self.flows.values(), fast=self.fast)
+            elif str(e).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+                # a slot of ours moved (failover, resharding): regroup the readers
+                log.info("read redirected (%s); refreshing the cluster map", e)
+            else:
+                log.error("read failed (%s); retrying", e)
+            await self._refresh()
+            return -1
+        except REDIS_ERRORS as e:
+            self._reserved -= share
+            log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
+            await self._refresh()
+            return -1
+        self.last_read = time.monotonic()
+        got = sum(len(entries) for _, entries in resp or ())
+        self._reserved -= share - got
+        try:
+            for stream, entries in resp or ():
+                await self._start(
+                    stream.decode() if isinstance(stream, bytes) else stream,
+                    entries,
+                    reclaimed=False,
+                )
+        finally:
+            self._reserved -= got
+            if got < share:
+                self._slot_event.set()
+        return got
+
+    async def _refresh(self) -> None:
+        await asyncio.sleep(self._read_backoff)
+        self._read_backoff = min(self._read_backoff * 2, 2.0)
         with contextlib.suppress(*REDIS_ERRORS):
             await self.fast.refresh()
 
