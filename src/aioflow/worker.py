@@ -108,6 +108,7 @@ class Worker:
             tracing=self.tracing,
             queue=self._queue,
             note_due=self._note_due,
+            settings=self.settings,
         )
 
     @property
