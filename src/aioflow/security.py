@@ -270,8 +270,13 @@ Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 
 async def resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (the system resolver)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """Every address ``host`` resolves to (the system resolver, 5 s at most)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(5.0):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise OSError("no answer from the resolver in 5 s") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
