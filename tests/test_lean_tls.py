@@ -17,8 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import aioflow
 from aioflow.app import connect
-from aioflow.conn import Lean, lean
+from aioflow.conn import Lean
 from aioflow.redis_server import free_port
+from aioflow.topology import Router, lean
 from tests.engine_helpers import running
 from tests.helpers import RedisFactory
 
@@ -95,16 +96,16 @@ async def _runs_on_the_lean_path(url: str) -> Lean:
     redis = connect(url)
     fast = lean(redis)
     try:
-        assert isinstance(fast, Lean), fast  # not the redis-py fallback
+        assert isinstance(fast, Router), fast  # not the redis-py fallback
         assert await fast.execute("PING") == b"PONG"
         async with running([make_flow()], url) as s:
-            assert isinstance(s.workers[0].fast, Lean)
-            assert isinstance(s.client.engine.fast, Lean)
+            assert isinstance(s.workers[0].fast, Router)
+            assert isinstance(s.client.engine.fast, Router)
             assert await s.client.execute("chain", 4, timeout=10) == 50
             # a ?wait-style result wait goes through the lean subscriber too
             rid = await s.client.submit("chain", 1)
             assert await s.client.result(rid, timeout=10) == 20
-        return fast
+        return fast.lean_template()
     finally:
         await fast.aclose()
         await redis.aclose()

@@ -332,7 +332,7 @@ def create_app(
     )
     app[ENGINE] = engine
     app[SETTINGS] = settings
-    install(app, settings, redis)
+    install(app, settings, engine)
 
     async def register_when_up() -> None:
         backoff = 0.05

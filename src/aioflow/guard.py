@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from . import codec
 from .errors import Forbidden, Unauthorized
 from .security import (
     SIGNATURE_HEADER,
     CallbackPolicy,
+    RedisSource,
     ReplayGuard,
     Scope,
     Tokens,
@@ -59,12 +59,12 @@ class Guard:
     clock: Callable[[], float] = time.time
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis) -> Guard:
+    def from_settings(cls, settings: Settings, engine: RedisSource) -> Guard:
         return cls(
             secrets=parse_secrets(settings.hmac_secret),
             tokens=Tokens.parse(settings.api_tokens),
             tolerance=settings.signature_tolerance,
-            replay=ReplayGuard(redis, tolerance=settings.signature_tolerance),
+            replay=ReplayGuard(engine, tolerance=settings.signature_tolerance),
             policy=CallbackPolicy.from_settings(
                 settings.callback_allow_private, settings.callback_hosts
             ),
@@ -132,8 +132,9 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
         response.headers.setdefault(name, value)
 
 
-def install(app: web.Application, settings: Settings, redis: Redis) -> Guard:
-    """Put the guard on ``app`` (its middleware must be in the app's list)."""
-    guard = app[GUARD] = Guard.from_settings(settings, redis)
+def install(app: web.Application, settings: Settings, engine: RedisSource) -> Guard:
+    """Put the guard on ``app`` (its middleware must be in the app's list); replays
+    are remembered through ``engine``'s Redis client."""
+    guard = app[GUARD] = Guard.from_settings(settings, engine)
     app.on_response_prepare.append(add_security_headers)
     return guard

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import DefaultResolver
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -118,19 +118,29 @@ def verify(
     return Signature(sig.timestamp, sig.macs, signed)
 
 
+class RedisSource(Protocol):
+    """What holds the redis-py client (the engine: a ``RedisCluster`` once started)."""
+
+    @property
+    def redis(self) -> Any: ...
+
+    async def start(self) -> None: ...
+
+
 class ReplayGuard:
     """Remembers accepted signatures in Redis (one key each, ``SET NX PX``) until they
     would be stale anyway; a second use of one is refused."""
 
-    def __init__(self, redis: Any, *, tolerance: float) -> None:
-        self.redis = redis
+    def __init__(self, source: RedisSource, *, tolerance: float) -> None:
+        self.source = source
         self.tolerance = tolerance
 
     async def accept(self, sig: Signature, now: float) -> None:
         """Raises :class:`Unauthorized` (``replayed``) for a signature seen before."""
         ttl_ms = max(1, int((sig.timestamp + self.tolerance - now) * 1000) + 1000)
-        # one key per signed request, its own hash tag: a single-key command works on a cluster too
-        first = await self.redis.set(f"af:sig:{{{sig.replay_id}}}", b"1", nx=True, px=ttl_ms)
+        await self.source.start()
+        # one key per signed request, its own hash tag: a single-key command works on a cluster
+        first = await self.source.redis.set(f"af:sig:{{{sig.replay_id}}}", b"1", nx=True, px=ttl_ms)
         if not first:
             raise Unauthorized("replayed", "this signature was accepted before: sign again")
 

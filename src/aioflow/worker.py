@@ -266,7 +266,15 @@ class Worker:
         # blocking reads get a connection of their own; scripts share self.fast
         if isinstance(self.fast, Router):
             t = self.fast.lean_template()
-            return Lean(addr[0], addr[1], db=t.db, username=t.username, password=t.password)
+            return Lean(
+                addr[0],
+                addr[1],
+                db=t.db,
+                username=t.username,
+                password=t.password,
+                ssl=t.endpoint.ssl,  # TLS and unix sockets as the seed has them
+                path=t.endpoint.path if addr == (t.host, t.port) else None,
+            )
         assert isinstance(self.backend.given, Redis)
         return RedisPyLean(self.backend.given.client())
 
