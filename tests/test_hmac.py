@@ -219,3 +219,15 @@ async def test_without_a_secret_no_signature_is_needed(redis_url: str) -> None:
     async with gateway(redis_url, secret=None) as (http, stack):
         doc = await _json(await http.post("/flow/echo", json={"n": 1}), 202)
         assert await stack.client.result(doc["run_id"], timeout=T) == {"got": {"n": 1}}
+
+
+async def test_replay_guard_on_a_cluster(cluster_url: str) -> None:
+    """The replay key is one key with its own hash tag: fine on a Redis Cluster, through
+    the engine's cluster client, whichever master owns it."""
+    async with gateway(cluster_url) as (http, stack):
+        for n in range(3):  # distinct bodies: keys spread over the masters
+            body = json.dumps({"n": n}).encode()
+            headers = {**JSON, **signed(body)}
+            doc = await _json(await http.post("/flow/echo", data=body, headers=headers), 202)
+            assert await stack.client.result(doc["run_id"], timeout=T) == {"got": {"n": n}}
+            await _refused(await http.post("/flow/echo", data=body, headers=headers), "replayed")
