@@ -56,7 +56,10 @@ async def test_callback_delivered_and_failure_recorded(redis_url: str) -> None:
 
     app = web.Application()
     app.router.add_post("/cb", receive)
-    async with TestServer(app) as server, running([make_flow([])], redis_url) as s:
+    async with (
+        TestServer(app) as server,
+        running([make_flow([])], redis_url, callback_allow_private=True) as s,
+    ):
         rid = await s.client.submit("hooked", 21, callback_url=str(server.make_url("/cb")))
         assert await s.client.result(rid, timeout=10) == 42
         await asyncio.wait_for(arrived.wait(), 10)

@@ -95,7 +95,9 @@ async def test_finished_runs_expire_with_every_key(redis_url: str, redis: Redis)
 
     app = web.Application()
     app.router.add_post("/cb", receive)
-    settings = aioflow.Settings(redis_url=redis_url, result_ttl=1.0, visibility_timeout=1.5)
+    settings = aioflow.Settings(
+        redis_url=redis_url, result_ttl=1.0, visibility_timeout=1.5, callback_allow_private=True
+    )
     async with (
         TestServer(app) as server,
         workers([flow], redis_url, settings) as pool,

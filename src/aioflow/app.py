@@ -20,12 +20,14 @@ from .settings import Settings
 def connect(url: str, *, max_connections: int = 64) -> Redis:
     """A Redis client on a blocking pool: callers wait for a free connection
     instead of failing when all are busy."""
+    # TCP keepalive has no meaning on a unix socket (redis-py refuses the option there)
+    keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=None,
         socket_connect_timeout=5,
-        socket_keepalive=True,
+        **keepalive,
         health_check_interval=15,
         # a pooled connection that died with a restarted server is replaced and the
         # command sent again: every aioflow script is idempotent, so this is safe

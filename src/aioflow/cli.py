@@ -283,6 +283,8 @@ def _dev(app: App, data_dir: str, *, cluster: int | None = None, replicas: int =
         raise ConfigError(
             "--cluster starts its own Redis Cluster: drop --redis-url / AIOFLOW_REDIS_URL"
         )
+    if not os.environ.get("AIOFLOW_EXPOSE_TRACEBACKS"):  # dev shows tracebacks unless told not to
+        app.settings = app.settings.replace(expose_tracebacks=True)
     if not app.settings.redis_url:
         server = _own_redis(data_dir, cluster=cluster, replicas=replicas)
         app.settings = app.settings.replace(redis_url=server.url)

@@ -54,6 +54,7 @@ class Client:
             tracing=tracing.configure(env.tracing),
             submit_replicas=env.submit_replicas,
             submit_replicas_timeout=env.submit_replicas_timeout,
+            max_value=env.max_value,
         )
 
     async def __aenter__(self) -> Client:

@@ -18,13 +18,15 @@ import asyncio
 import collections
 import contextlib
 import socket
+from ssl import SSLContext
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .endpoint import Endpoint, open_transport
 
 
 class NotConnected(RedisConnectionError):
@@ -74,14 +76,26 @@ class Lean:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str = "localhost",
+        port: int = 6379,
         *,
         db: int = 0,
         username: str | None = None,
         password: str | None = None,
         connect_timeout: float = 5.0,
+        path: str | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
+        self.endpoint = Endpoint(
+            host=host,
+            port=port,
+            path=path,
+            ssl=ssl,
+            username=username,
+            password=password,
+            db=db,
+            connect_timeout=connect_timeout,
+        )
         self.host = host
         self.port = port
         self.db = db
@@ -93,32 +107,30 @@ class Lean:
 
     @classmethod
     def from_redis(cls, redis: Redis) -> Lean | None:
-        """A lean connection to the same server as ``redis``; None for TLS or unix sockets."""
-        pool = redis.connection_pool
-        if pool.connection_class is not Connection:
+        """A lean connection to the same server as ``redis`` (TCP, TLS or a unix
+        socket); None for a connection class it does not know."""
+        ep = Endpoint.from_redis(redis)
+        if ep is None:
             return None
-        kw = pool.connection_kwargs
         return cls(
-            kw.get("host", "localhost"),
-            int(kw.get("port", 6379)),
-            db=int(kw.get("db", 0) or 0),
-            username=kw.get("username"),
-            password=kw.get("password"),
+            ep.host,
+            ep.port,
+            db=ep.db,
+            username=ep.username,
+            password=ep.password,
+            connect_timeout=ep.connect_timeout,
+            path=ep.path,
+            ssl=ep.ssl,
         )
 
     async def _open(self) -> _Protocol:
         async with self._lock:
             if self._proto is not None and self._proto.lost is None:
                 return self._proto
-            loop = asyncio.get_running_loop()
             try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port), self.connect_timeout
-                )
-            except (OSError, TimeoutError) as e:
-                raise NotConnected(
-                    f"cannot connect to Redis at {self.host}:{self.port}: {e}"
-                ) from e
+                _, proto = await open_transport(self.endpoint, _Protocol)
+            except RedisConnectionError as e:
+                raise NotConnected(str(e)) from e
             if self.password:
                 auth = [self.username, self.password] if self.username else [self.password]
                 await self._send(proto, "AUTH", *auth)
@@ -292,18 +304,14 @@ class Subscriber:
             self._send("SUNSUBSCRIBE" if self._verb == "SSUBSCRIBE" else "UNSUBSCRIBE", [channel])
 
     async def _keep(self) -> None:
-        loop = asyncio.get_running_loop()
         backoff = 0.05
         lean = self._lean
         while True:
             try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _PushProtocol(self._on_reply), lean.host, lean.port
-                    ),
-                    lean.connect_timeout,
+                _, proto = await open_transport(
+                    lean.endpoint, lambda: _PushProtocol(self._on_reply)
                 )
-            except (OSError, TimeoutError):
+            except RedisConnectionError:
                 if self._on_down is not None:
                     self._on_down(self)
                 await asyncio.sleep(backoff)

@@ -33,6 +33,7 @@ from .errors import (
     InvalidCursor,
     InvalidRunId,
     InvalidTransition,
+    LimitExceeded,
     RedisUnavailable,
     ResultTimeout,
     RunFailed,
@@ -313,10 +314,12 @@ class Engine:
         tracing: bool = False,
         submit_replicas: int = 0,
         submit_replicas_timeout: float = 1.0,
+        max_value: int | None = None,
     ) -> None:
         self.backend = Backend(redis)
         self.submit_replicas = submit_replicas
         self.submit_replicas_timeout = submit_replicas_timeout
+        self.max_value = max_value
         self.fast = self.backend.fast  # submit and result reads: the per-run path
         self.tracing = tracing
         self.result_ttl = result_ttl
@@ -391,6 +394,11 @@ class Engine:
         rid = rid or await self.new_run_id(flow, run_id)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
+        value = codec.encode(data)
+        if self.max_value is not None and len(value) > self.max_value:
+            raise LimitExceeded(
+                f"input of run {rid} is {len(value)} bytes, larger than max_value={self.max_value}"
+            )
         traceparent = ""
         if self.tracing:
             with run_span(flow, str(rid)) as traceparent:
@@ -401,7 +409,7 @@ class Engine:
             rid.stream,
             rid.key,
             repr(now),
-            codec.encode(data),
+            value,
             codec.dumps(options or {}),
             due,
             len(info.entries),

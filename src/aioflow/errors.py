@@ -12,6 +12,9 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
     ├── InvalidCursor        a listing cursor that no page handed out
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
+    ├── Unauthorized         an HTTP request without valid credentials (401; ``reason`` says why)
+    ├── Forbidden            an HTTP request whose token's scope is too weak (403)
+    ├── LimitExceeded        a value larger than ``max_value``, a foreach wider than ``max_foreach``
     ├── RunFailed            the run ended ``failed``: carries vertex, type, message, traceback
     ├── RunStopped           the run was stopped before it finished
     ├── ResultTimeout        waiting for a result took longer than asked (also a TimeoutError)
@@ -27,16 +30,19 @@ __all__ = [
     "AioflowError",
     "ConfigError",
     "DefinitionError",
+    "Forbidden",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",
     "InvalidTransition",
+    "LimitExceeded",
     "NodeTimeout",
     "RedisUnavailable",
     "ResultTimeout",
     "RunFailed",
     "RunNotFound",
     "RunStopped",
+    "Unauthorized",
     "UnknownFlow",
 ]
 
@@ -75,6 +81,24 @@ class InvalidCursor(AioflowError, ValueError):
 
 class InvalidTransition(AioflowError):
     """The requested control action is not allowed in the run's current status."""
+
+
+class Unauthorized(AioflowError):
+    """A gateway request without valid credentials. ``reason`` is one of
+    ``missing``, ``malformed``, ``stale``, ``bad``, ``replayed``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(detail)
+
+
+class Forbidden(AioflowError):
+    """A gateway request whose bearer token's scope is too weak for it."""
+
+
+class LimitExceeded(AioflowError, ValueError):
+    """A run input or node output larger than ``max_value``, or a foreach split
+    wider than ``max_foreach``; the message names the vertex and the limit."""
 
 
 class RunFailed(AioflowError):

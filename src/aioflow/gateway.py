@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 from importlib import resources
 from typing import Any
@@ -12,18 +10,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import codec, tracing
+from . import codec, openapi, tracing
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
+    Forbidden,
     InvalidCallbackUrl,
     InvalidCursor,
     InvalidRunId,
     InvalidTransition,
+    LimitExceeded,
     RedisUnavailable,
     RunNotFound,
+    Unauthorized,
     UnknownFlow,
 )
+from .guard import GUARD, authorize, install
 from .keys import RunId, check_flow_name
 from .model import Flow
 from .settings import Settings
@@ -53,6 +55,9 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (InvalidCallbackUrl, 400, "invalid_callback_url"),
     (InvalidCursor, 400, "invalid_cursor"),
     (InvalidTransition, 409, "invalid_transition"),
+    (LimitExceeded, 413, "value_too_large"),
+    (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
     (RedisUnavailable, 503, "redis_unavailable"),
 ]
 
@@ -107,23 +112,6 @@ def _result_response(stored: bytes, rid: RunId) -> web.Response:
     return _json(codec.to_json_bytes(stored), headers=headers)
 
 
-@web.middleware
-async def signed(request: web.Request, handler: Any) -> web.StreamResponse:
-    """With ``hmac_secret`` set, every POST needs ``X-Hub-Signature-256``."""
-    secret = request.app[SETTINGS].hmac_secret
-    if secret and request.method == "POST":
-        raw = await request.read()
-        sig = request.headers.get("X-Hub-Signature-256", "")
-        want = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(sig.encode("utf-8", "surrogateescape"), want.encode()):
-            return _error(
-                401,
-                "unauthorized",
-                "missing or wrong X-Hub-Signature-256 (sha256=HMAC of the body)",
-            )
-    return await handler(request)  # type: ignore[no-any-return]
-
-
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     if request.content_type == "application/json":
@@ -151,6 +139,8 @@ async def start_run(request: web.Request) -> web.Response:
             ) from None
     run_key = request.headers.get("X-Run-Id")
     callback = request.headers.get("X-Callback-Url")
+    if callback is not None:
+        await request.app[GUARD].policy.check(callback)
     options = _options(request)
     if wait is None:
         rid, _ = await engine.submit(
@@ -168,7 +158,7 @@ async def start_run(request: web.Request) -> web.Response:
         return _json(
             {"error": "run_stopped", "detail": f"run {rid} was stopped", "run_id": str(rid)}, 409
         )
-    err = codec.loads(outcome.payload) if outcome.payload else {}
+    err = request.app[GUARD].public_error(codec.loads(outcome.payload) if outcome.payload else {})
     return _json(
         {
             "error": "run_failed",
@@ -184,6 +174,8 @@ async def start_run(request: web.Request) -> web.Response:
 
 async def run_state(request: web.Request) -> web.Response:
     state = await _engine(request).state(_run_id(request))
+    if state.error is not None:
+        state.error = request.app[GUARD].public_error(state.error)
     return _json(state.to_json())
 
 
@@ -295,6 +287,31 @@ async def dashboard(request: web.Request) -> web.Response:
     return web.Response(body=html, content_type="text/html")
 
 
+STATIC_FILES = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info.get("name", "favicon.svg")
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:  # an allowlist: nothing else of the package is reachable
+        raise web.HTTPNotFound(text=f"no static file {name!r}")
+    body = (resources.files("aioflow") / "static" / name).read_bytes()
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return _json(openapi.document_bytes())
+
+
 def create_app(
     redis: RedisClient,
     *,
@@ -304,16 +321,18 @@ def create_app(
     """The gateway as an aiohttp application. ``flows`` are registered at startup
     (definitions become visible to clients); ``redis`` is not closed by the app."""
     settings = settings or Settings()
-    app = web.Application(client_max_size=settings.max_body, middlewares=[errors, signed])
+    app = web.Application(client_max_size=settings.max_body, middlewares=[errors, authorize])
     engine = Engine(
         redis,
         result_ttl=settings.result_ttl,
         tracing=tracing.configure(settings.tracing),
         submit_replicas=settings.submit_replicas,
         submit_replicas_timeout=settings.submit_replicas_timeout,
+        max_value=settings.max_value,
     )
     app[ENGINE] = engine
     app[SETTINGS] = settings
+    install(app, settings, engine)
 
     async def register_when_up() -> None:
         backoff = 0.05
@@ -347,6 +366,9 @@ def create_app(
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/", dashboard)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/static/{name}", static_file)
+    app.router.add_get("/favicon.ico", static_file)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/flows", list_flows)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/dead-letters", dead_letters)

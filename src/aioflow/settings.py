@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .security import Tokens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,14 +26,33 @@ class Settings:
     - ``max_body``: largest accepted HTTP request body in bytes (16 MiB).
     - ``host`` / ``port``: where the gateway listens (127.0.0.1:8080).
     - ``grace``: seconds a draining worker waits for running nodes on SIGTERM (30).
-    - ``hmac_secret``: when set, the gateway requires ``X-Hub-Signature-256``
-      (``sha256=`` HMAC of the body) on POST requests.
     - ``submit_replicas``: when > 0, a submit (``Client.submit``/``execute``,
       ``POST /flow/{name}``) returns only once that many replicas acknowledged
       it (Redis ``WAIT``), so a failover right after cannot lose the run; when
       fewer answer within ``submit_replicas_timeout`` seconds (1.0) it raises
       :class:`~aioflow.RedisUnavailable` (503), and submitting again with the
       same ``run_id`` is safe. Off (0) by default.
+    - ``hmac_secret``: a secret, or a comma-separated list of them (``new,old``
+      while rotating). When set, every POST to the gateway carries
+      ``X-Aioflow-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
+      (or a bearer token, see ``api_tokens``), each signature is accepted once,
+      and callbacks are signed the same way with the first secret.
+    - ``signature_tolerance``: seconds a signature's ``t`` may differ from the
+      gateway's clock (300).
+    - ``api_tokens``: ``"read:TOKEN,run:TOKEN,admin:TOKEN"`` (a token may be given
+      as ``sha256:<hex digest>``). When set, every endpoint but ``/healthz`` and
+      the dashboard's static files needs ``Authorization: Bearer <token>``:
+      GETs need ``read``, starting runs ``run``, steering runs and replaying dead
+      letters ``admin``; each scope implies the ones below it.
+    - ``callback_allow_private``: let callbacks reach loopback, private,
+      link-local and other non-public addresses (False).
+    - ``callback_hosts``: comma-separated host names callbacks may go to; None
+      allows any public host.
+    - ``expose_tracebacks``: include the worker's traceback in errors over HTTP
+      (state, ``?wait=`` answers, callbacks). False; ``aioflow dev`` turns it on.
+    - ``max_value``: largest run input or node output in bytes once encoded
+      (8 MiB); a larger input is refused at submit, a larger output fails its vertex.
+    - ``max_foreach``: most items one foreach split may produce (100,000).
     - ``tracing``: ``1`` for OpenTelemetry spans through the process's tracer
       provider, ``console`` to print them; off by default.
     """
@@ -46,10 +66,17 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     grace: float = 30.0
-    hmac_secret: str | None = None
+    hmac_secret: str | None = field(default=None, repr=False)
     submit_replicas: int = 0
     submit_replicas_timeout: float = 1.0
     tracing: str | None = None
+    signature_tolerance: float = 300.0
+    api_tokens: str | None = field(default=None, repr=False)
+    callback_allow_private: bool = False
+    callback_hosts: str | None = None
+    expose_tracebacks: bool = False
+    max_value: int = 8 * 1024 * 1024
+    max_foreach: int = 100_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -66,6 +93,11 @@ class Settings:
             raise ConfigError("grace must be >= 0")
         if self.submit_replicas < 0 or self.submit_replicas_timeout <= 0:
             raise ConfigError("submit_replicas must be >= 0 and submit_replicas_timeout > 0")
+        if self.signature_tolerance <= 0:
+            raise ConfigError("signature_tolerance must be > 0")
+        if self.max_value < 1 or self.max_foreach < 1:
+            raise ConfigError("max_value and max_foreach must be >= 1")
+        Tokens.parse(self.api_tokens)  # a bad entry fails at startup, not per request
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
@@ -78,7 +110,9 @@ class Settings:
                 continue
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
             try:
-                if kind.startswith("int"):
+                if kind.startswith("bool"):
+                    values[f.name] = _bool(raw)
+                elif kind.startswith("int"):
                     values[f.name] = int(raw)
                 elif kind.startswith("float"):
                     values[f.name] = float(raw)
@@ -96,3 +130,12 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

@@ -143,6 +143,8 @@ class Router:
                 username=t.username,
                 password=t.password,
                 connect_timeout=t.connect_timeout,
+                ssl=t.endpoint.ssl,  # TLS and unix sockets as the seed has them
+                path=t.endpoint.path if addr == self.seed else None,
             )
             self._nodes[addr] = conn
         return conn

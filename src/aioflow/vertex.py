@@ -22,10 +22,12 @@ import aiohttp
 
 from . import codec, tracing
 from .context import Context, RunStore
-from .errors import DefinitionError, NodeTimeout, RunFailed
+from .errors import DefinitionError, InvalidCallbackUrl, LimitExceeded, NodeTimeout, RunFailed
 from .keys import RunId
 from .model import Flow
 from .plan import GROUPS, Plan, PNode, child_scope, parent_group
+from .security import SIGNATURE_HEADER, CallbackPolicy, PublicResolver, parse_secrets, sign
+from .settings import Settings
 from .status import Status
 from .topology import Backend, RedisClient
 
@@ -99,8 +101,14 @@ class Executor:
         tracing: bool,
         queue: Callable[..., None],
         note_due: Callable[[float], None],
+        settings: Settings | None = None,
     ) -> None:
         self.backend = backend
+        self.settings = settings = settings or Settings()
+        self._secrets = parse_secrets(settings.hmac_secret)
+        self._policy = CallbackPolicy.from_settings(
+            settings.callback_allow_private, settings.callback_hosts
+        )
         self.clock = clock
         self.tracing = tracing
         self._threads = threads
@@ -226,7 +234,7 @@ class Executor:
             else:
                 await self._open(m, data)
                 return
-            value = codec.encode(out)
+            value = self._encode(m, out)
             self._queue(m, self._success_ops(m, value), value=value)
         except asyncio.CancelledError as e:
             if m.cancelled == "stop":
@@ -239,6 +247,15 @@ class Executor:
             await self._failed(m, e, data)
         except Exception as e:
             await self._failed(m, e, data)
+
+    def _encode(self, m: Msg, out: Any, what: str = "output") -> bytes:
+        value = codec.encode(out)
+        if len(value) > self.settings.max_value:
+            raise LimitExceeded(
+                f"{what} of vertex {m.addr!r} is {len(value)} bytes, "
+                f"larger than max_value={self.settings.max_value}"
+            )
+        return value
 
     def _success_ops(self, m: Msg, value: bytes) -> list[Any]:
         ops: list[Any] = []
@@ -282,12 +299,17 @@ class Executor:
                     f"foreach {m.addr!r}: split must return a mapping of key to value, "
                     f"got {type(split).__name__}"
                 )
+            if len(split) > self.settings.max_foreach:
+                raise LimitExceeded(
+                    f"foreach {m.addr!r}: split returned {len(split)} items, "
+                    f"more than max_foreach={self.settings.max_foreach}"
+                )
             items = {str(k): val for k, val in split.items()}
         if not items:
             out: Any = {}
             if v.aggregate is not None:
                 out = await _maybe_await(v.aggregate(out))
-            value = codec.encode(out)
+            value = self._encode(m, out)
             self._queue(m, self._success_ops(m, value), value=value, marker=f"o:{m.addr}")
             return
         ops: list[Any] = ["S", f"gk:{m.addr}", codec.dumps(list(items)), ""]
@@ -295,7 +317,7 @@ class Executor:
             plan = node.branches[key] if node.kind == "branch" else node.inner
             assert plan is not None
             scope = child_scope(m.scope, node.name, key)
-            enc = codec.encode(val)
+            enc = self._encode(m, val, f"item {key!r}")
             ops += ["S", f"gi:{scope}", enc, ""]
             for e in plan.entries:
                 ops += ["E", scope + e, "n", enc]
@@ -320,7 +342,7 @@ class Executor:
         out: Any = results[""] if node.kind == "subdag" else results
         if v.aggregate is not None:
             out = await _maybe_await(v.aggregate(out))
-        value = codec.encode(out)
+        value = self._encode(m, out)
         return value, self._success_ops(m, value)
 
     async def _final(self, m: Msg) -> None:
@@ -352,22 +374,42 @@ class Executor:
                 doc["result"] = codec.decode(result) if result else None
             elif err:
                 doc["error"] = codec.loads(err)
+                if not self.settings.expose_tracebacks:
+                    doc["error"].pop("traceback", None)
             report = await self._callback(url.decode(), codec.dumps(doc), ctx.run_id)
             ops += ["S", "cb", codec.dumps(report), ""]
         self._queue(m, ops, value=b"1")
 
     async def _callback(self, url: str, body: bytes, run_id: str) -> dict[str, Any]:
-        """POST ``body`` to ``url``: up to 3 attempts, 10 s each; the outcome is recorded."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        """POST ``body`` to ``url``: up to 3 attempts, 10 s each; the outcome is recorded.
+        The URL is checked again here (its host may resolve elsewhere by now)."""
         report: dict[str, Any] = {"url": url, "delivered": False, "attempts": 0}
+        try:
+            await self._policy.check(url)
+        except InvalidCallbackUrl as e:
+            log.warning("callback for run %s refused: %s", run_id, e)
+            report["error"] = f"refused: {e}"
+            return report
+        if self._http is None:
+            # connections go only to the addresses the resolver checked
+            connector = (
+                None
+                if self._policy.allow_private
+                else aiohttp.TCPConnector(resolver=PublicResolver())
+            )
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10), connector=connector
+            )
         for attempt in range(1, 4):
             report["attempts"] = attempt
+            headers = {"Content-Type": "application/json", "X-Run-Id": run_id}
+            if self._secrets:
+                headers[SIGNATURE_HEADER] = sign(
+                    body, self._secrets[0], timestamp=int(self.clock())
+                )
             try:
                 async with self._http.post(
-                    url,
-                    data=body,
-                    headers={"Content-Type": "application/json", "X-Run-Id": run_id},
+                    url, data=body, headers=headers, allow_redirects=False
                 ) as resp:
                     report["status_code"] = resp.status
                     if resp.status < 400:
@@ -387,7 +429,7 @@ class Executor:
             tracing.mark_error(error)
         vertex = m.node.vertex
         if vertex is not None and vertex.kind == "node":
-            if vertex.retry.should_retry(error, m.attempt):
+            if vertex.retry.should_retry(error, m.attempt) and not isinstance(error, LimitExceeded):
                 delay = vertex.retry.delay(m.attempt)
                 due = self.clock() + delay
                 member = (
@@ -409,7 +451,7 @@ class Executor:
             if vertex.on_failure is not None:
                 try:
                     out = await _maybe_await(vertex.on_failure(error, data, self._context(m)))
-                    value = codec.encode(out)
+                    value = self._encode(m, out)
                     self._queue(m, self._success_ops(m, value), value=value)
                     return
                 except Exception as hook_error:

@@ -111,6 +111,7 @@ class Worker:
             tracing=self.tracing,
             queue=self._queue,
             note_due=self._note_due,
+            settings=self.settings,
         )
 
     @property
@@ -268,7 +269,15 @@ class Worker:
         # blocking reads get a connection of their own; scripts share self.fast
         if isinstance(self.fast, Router):
             t = self.fast.lean_template()
-            return Lean(addr[0], addr[1], db=t.db, username=t.username, password=t.password)
+            return Lean(
+                addr[0],
+                addr[1],
+                db=t.db,
+                username=t.username,
+                password=t.password,
+                ssl=t.endpoint.ssl,  # TLS and unix sockets as the seed has them
+                path=t.endpoint.path if addr == (t.host, t.port) else None,
+            )
         assert isinstance(self.backend.given, Redis)
         return RedisPyLean(self.backend.given.client())
 
