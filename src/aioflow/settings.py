@@ -34,7 +34,11 @@ class Settings:
       :class:`~aioflow.RedisUnavailable` (503), and submitting again with the
       same ``run_id`` is safe. Off (0) by default.
     - ``tracing``: ``1`` for OpenTelemetry spans through the process's tracer
-      provider, ``console`` to print them; off by default.
+      provider, ``console`` to print them, ``otlp`` to export them over OTLP/HTTP
+      (the ``aioflow[otlp]`` extra; configured by the standard ``OTEL_*``
+      variables); off by default.
+    - ``metrics_port``: when set, a worker serves Prometheus metrics on
+      ``http://host:metrics_port/metrics`` (``host`` as above); off by default.
     """
 
     redis_url: str | None = None
@@ -50,6 +54,7 @@ class Settings:
     submit_replicas: int = 0
     submit_replicas_timeout: float = 1.0
     tracing: str | None = None
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -66,6 +71,8 @@ class Settings:
             raise ConfigError("grace must be >= 0")
         if self.submit_replicas < 0 or self.submit_replicas_timeout <= 0:
             raise ConfigError("submit_replicas must be >= 0 and submit_replicas_timeout > 0")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be a TCP port, got {self.metrics_port}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
