@@ -54,11 +54,12 @@ class Procs:
         for name, p in self.procs.items():
             assert p.poll() is None, f"{name} exited {p.returncode}:\n{self.output(name)}"
 
-    def terminate(self, timeout: float = 20.0) -> None:
-        for p in self.procs.values():
+    def terminate(self, names: Sequence[str] | None = None, timeout: float = 20.0) -> None:
+        chosen = {n: p for n, p in self.procs.items() if names is None or n in names}
+        for p in chosen.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for name, p in self.procs.items():
+        for name, p in chosen.items():
             try:
                 code = p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
