@@ -5,8 +5,9 @@ Each :class:`WorkerMetrics` / :class:`GatewayMetrics` owns its own
 one process (tests, ``aioflow dev``) count apart. Workers serve theirs with
 :func:`serve` on ``metrics_port``; the gateway renders its own on ``/metrics``.
 
-The per-vertex hooks are one dictionary lookup and one or two ``inc``/``observe``
-calls: the label children are cached per (flow, vertex). ``vertex`` is the
+A worker's per-vertex hooks are a dictionary lookup and a few additions to plain
+numbers, turned into metrics only when scraped (prometheus_client's own
+counters take a lock per increment: several microseconds a vertex). ``vertex`` is the
 definition's node name, never a foreach address, so label cardinality stays
 bounded by the definitions.
 """
@@ -14,12 +15,20 @@ bounded by the definitions.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -47,63 +56,62 @@ def outcome(vstatus: str, timed_out: bool) -> str:
 
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300)
+_OUTCOME_INDEX = {o: i for i, o in enumerate(OUTCOMES)}
+
+
+class _Hist:
+    """A histogram as plain numbers: observing is a bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        cumulative, total = [], 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += n
+            cumulative.append(("+Inf" if bound == math.inf else str(float(bound)), total))
+        family.add_metric(labels, cumulative, self.sum)
 
 
 class _Vertex:
-    """The label children of one (flow, vertex): resolved once, used per execution."""
+    """The numbers of one (flow, vertex)."""
 
     __slots__ = ("duration", "outcomes")
 
-    def __init__(self, m: WorkerMetrics, flow: str, vertex: str) -> None:
-        self.outcomes = {o: m.executions.labels(flow, vertex, o) for o in OUTCOMES}
-        self.duration = m.duration.labels(flow, vertex)
+    def __init__(self) -> None:
+        self.outcomes = [0] * len(OUTCOMES)
+        self.duration = _Hist(_DURATION_BUCKETS)
 
 
 class WorkerMetrics:
-    """What one worker counts. ``inflight`` answers the number of running messages."""
+    """What one worker counts. ``inflight`` answers the number of running messages.
+
+    The hot path only adds to plain numbers (a worker counts from one event loop);
+    :attr:`registry` turns them into Prometheus metrics when scraped."""
 
     def __init__(self, inflight: Callable[[], int]) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.executions = Counter(
-            "aioflow_vertex_executions",
-            "Vertex executions by outcome (completed, failed, retried, timed_out, fenced, "
-            "cancelled).",
-            ["flow", "vertex", "outcome"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "aioflow_vertex_duration_seconds",
-            "Time from the start of a vertex execution to its outcome.",
-            ["flow", "vertex"],
-            buckets=_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.queue_wait = Histogram(
-            "aioflow_queue_wait_seconds",
-            "Time a vertex message waited in its stream, from enqueued to started.",
-            ["flow"],
-            buckets=_WAIT_BUCKETS,
-            registry=r,
-        )
-        self.finished = Counter(
-            "aioflow_runs_finished",
-            "Runs that ended in this worker, by status (completed, failed).",
-            ["flow", "status"],
-            registry=r,
-        )
-        self.inflight = Gauge(
-            "aioflow_worker_inflight", "Vertex messages this worker is running.", registry=r
-        )
-        self.inflight.set_function(lambda: float(inflight()))
+        self._inflight = inflight
         self._vertices: dict[tuple[str, str], _Vertex] = {}
-        self._waits: dict[str, Histogram] = {}
+        self._by_node: dict[int, _Vertex] = {}
+        self._waits: dict[str, _Hist] = {}
+        self._finished: dict[tuple[str, str], int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def started(self, m: Msg, now: float) -> None:
         """A message starts running: its queue wait, from the stream entry id (ms)."""
         m.t0 = time.perf_counter()
         h = self._waits.get(m.flow.name)
         if h is None:
-            h = self._waits[m.flow.name] = self.queue_wait.labels(m.flow.name)
+            h = self._waits[m.flow.name] = _Hist(_WAIT_BUCKETS)
         h.observe(max(0.0, now - int(m.id[: m.id.index(b"-")]) / 1000))
 
     def done(self, m: Msg, result: bytes) -> None:
@@ -111,19 +119,70 @@ class WorkerMetrics:
         vstatus = m.vstatus
         if m.kind == "f" or vstatus == "running":  # flow hooks; a group's open (counted at close)
             return
+        v = self._by_node.get(id(m.node))
+        if v is None:
+            v = self._vertex(m)
+        if result == b"ok" and vstatus == "completed" and not m.timed_out:
+            v.outcomes[0] += 1  # the common case
+        else:
+            o = "fenced" if result == b"fenced" else outcome(vstatus, m.timed_out)
+            v.outcomes[_OUTCOME_INDEX[o]] += 1
+            if result == b"completed" or result == b"failed":
+                self._run_finished(m.flow.name, result.decode())
+        if m.kind == "n":
+            v.duration.observe(time.perf_counter() - m.t0)
+
+    def _vertex(self, m: Msg) -> _Vertex:
+        # one _Vertex per (flow, name): the same name may be a node of several (sub)plans
         key = (m.flow.name, m.node.name)
         v = self._vertices.get(key)
         if v is None:
-            v = self._vertices[key] = _Vertex(self, *key)
-        v.outcomes["fenced" if result == b"fenced" else outcome(vstatus, m.timed_out)].inc()
-        if m.kind == "n":
-            v.duration.observe(time.perf_counter() - m.t0)
-        if result in (b"completed", b"failed"):
-            self.finished.labels(m.flow.name, result.decode()).inc()
+            v = self._vertices[key] = _Vertex()
+        self._by_node[id(m.node)] = v  # plan nodes live as long as the worker
+        return v
 
     def dead_lettered(self, m: Msg) -> None:
         """The claim script dead-lettered ``m`` and that failed its run."""
-        self.finished.labels(m.flow.name, "failed").inc()
+        self._run_finished(m.flow.name, "failed")
+
+    def _run_finished(self, flow: str, status: str) -> None:
+        self._finished[(flow, status)] = self._finished.get((flow, status), 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        executions = CounterMetricFamily(
+            "aioflow_vertex_executions",
+            "Vertex executions by outcome (completed, failed, retried, timed_out, fenced, "
+            "cancelled).",
+            labels=["flow", "vertex", "outcome"],
+        )
+        duration = HistogramMetricFamily(
+            "aioflow_vertex_duration_seconds",
+            "Time from the start of a vertex execution to its outcome.",
+            labels=["flow", "vertex"],
+        )
+        for (flow, vertex), v in sorted(self._vertices.items()):
+            for o, n in zip(OUTCOMES, v.outcomes, strict=True):
+                executions.add_metric([flow, vertex, o], n)
+            v.duration.add_to(duration, [flow, vertex])
+        wait = HistogramMetricFamily(
+            "aioflow_queue_wait_seconds",
+            "Time a vertex message waited in its stream, from enqueued to started.",
+            labels=["flow"],
+        )
+        for flow, h in sorted(self._waits.items()):
+            h.add_to(wait, [flow])
+        finished = CounterMetricFamily(
+            "aioflow_runs_finished",
+            "Runs that ended in this worker, by status (completed, failed).",
+            labels=["flow", "status"],
+        )
+        for (flow, status), n in sorted(self._finished.items()):
+            finished.add_metric([flow, status], n)
+        inflight = GaugeMetricFamily(
+            "aioflow_worker_inflight", "Vertex messages this worker is running."
+        )
+        inflight.add_metric([], self._inflight())
+        yield from (executions, duration, wait, finished, inflight)
 
 
 class GatewayMetrics:

@@ -15,6 +15,7 @@ process's role), and flushed when the worker, gateway or client closes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
@@ -70,10 +71,11 @@ def configure(mode: str | None, role: str = "client") -> bool:
     return True
 
 
-def flush() -> None:
-    """Export the spans still buffered (called when a worker, gateway or client closes)."""
+async def flush() -> None:
+    """Export the spans still buffered (when a worker, gateway or client closes), in a
+    thread: the exporter blocks, and the receiver may live in this event loop."""
     if _provider is not None:
-        _provider.force_flush()
+        await asyncio.to_thread(_provider.force_flush)
 
 
 def _tracer() -> trace.Tracer:

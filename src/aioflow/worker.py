@@ -193,7 +193,7 @@ class Worker:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.executor.aclose()
             await stop_metrics()
-            tracing.flush()
+            await tracing.flush()
 
     async def _serve_metrics(self) -> Callable[[], Awaitable[None]]:
         """Serve /metrics on ``metrics_port`` (when set); answers what stops it."""
