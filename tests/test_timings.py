@@ -32,7 +32,7 @@ def _check_vertex(name: str, v: dict[str, Any]) -> None:
     assert abs(v["queue_wait"] - max(0.0, v["started"] - v["queued"])) < 1e-9, (name, v)
 
 
-async def test_chain_and_fan_out_join(redis_url: str) -> None:
+async def test_chain_and_fan_out_join(any_redis_url: str) -> None:
     chain = aioflow.Flow("t-chain")
     chain.node("a", _pause)
     chain.node("b", _pause, after="a")
@@ -47,7 +47,7 @@ async def test_chain_and_fan_out_join(redis_url: str) -> None:
     each.node("item", _pause)
     fan.node("last", _pause, after="each")
 
-    async with running([chain, fan], redis_url) as s:
+    async with running([chain, fan], any_redis_url) as s:
         rid = await s.client.submit("t-chain", 1)
         await s.client.result(rid, timeout=T)
         doc = codec.loads((await s.client.state(rid)).to_json())
