@@ -44,6 +44,7 @@ _OUTCOME = {
     "retrying": "retried",
     "stopped": "cancelled",
     "queued": "cancelled",  # handed back by a draining worker
+    "": "cancelled",  # nothing queued yet: its task was cancelled by a drain
 }
 
 
