@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 import aioflow
@@ -158,7 +158,6 @@ async def test_health_cli_unhealthy_when_redis_is_down(redis_factory: RedisFacto
 
 # -- GET /metrics -------------------------------------------------------------------------
 
-METRIC_RE = re.compile(r'^(aioflow_\w+)\{flow="([^"]+)",partition="(\d+)"\} (\d+)$')
 GAUGES = ("aioflow_stream_length", "aioflow_pending", "aioflow_dead_letters", "aioflow_delayed")
 
 
@@ -186,12 +185,12 @@ async def test_metrics_match_redis(redis_url: str, redis: Redis) -> None:
             assert f"# TYPE {g} gauge" in text, text
             assert f"# HELP {g} " in text, text
         values: dict[tuple[str, str, int], int] = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            m = METRIC_RE.match(line)
-            assert m, f"not a metric line: {line!r}"
-            values[(m[1], m[2], int(m[3]))] = int(m[4])
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in GAUGES:
+                    assert set(sample.labels) == {"flow", "partition"}, sample
+                    key = (sample.name, sample.labels["flow"], int(sample.labels["partition"]))
+                    values[key] = int(sample.value)
 
         assert values[("aioflow_stream_length", "alpha", 0)] == 3
         assert values[("aioflow_pending", "alpha", 0)] == 2

@@ -246,7 +246,14 @@ async def test_control_from_the_command_line(redis_url: str) -> None:
             assert code == 0
             doc = json.loads(out)
             assert doc["run_id"] == rid and doc["status"] == "paused"
-            assert doc["vertices"]["second"] == {"status": "parked", "attempts": 0}
+            assert doc["vertices"]["second"] == {
+                "status": "parked",
+                "attempts": 0,
+                "started": None,
+                "ended": None,
+                "queued": None,
+                "queue_wait": None,
+            }
 
             code, out, _ = await cli("run", "resume", rid, "--redis-url", redis_url)
             assert (code, out) == (0, f"{rid}: running\n")

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--concurrency", type=int, default=None)
         sp.add_argument("--grace", type=float, default=None)
         sp.add_argument("--visibility-timeout", type=float, default=None)
+        sp.add_argument(
+            "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+        )
 
     sp = sub.add_parser("serve", help="run the HTTP gateway")
     common(sp)
@@ -236,7 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         overrides = {
             k: getattr(args, k, None)
-            for k in ("redis_url", "host", "port", "concurrency", "grace", "visibility_timeout")
+            for k in (
+                "redis_url",
+                "host",
+                "port",
+                "concurrency",
+                "grace",
+                "visibility_timeout",
+                "metrics_port",
+            )
         }
         app.settings = app.settings.replace(**overrides)
         if args.command == "serve":

@@ -51,7 +51,7 @@ class Client:
         self.engine = Engine(
             redis,
             result_ttl=result_ttl or env.result_ttl,
-            tracing=tracing.configure(env.tracing),
+            tracing=tracing.configure(env.tracing, role="client"),
             submit_replicas=env.submit_replicas,
             submit_replicas_timeout=env.submit_replicas_timeout,
             max_value=env.max_value,

@@ -26,7 +26,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import codec, keys
+from . import codec, keys, tracing
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -326,6 +326,7 @@ class Engine:
         self.clock = clock
         self._waiter: Waiter | None = None
         self._flows: dict[str, FlowInfo] = {}
+        self.on_submitted: Callable[[str], None] | None = None  # called per run created
 
     @property
     def redis(self) -> RedisClient:
@@ -346,6 +347,8 @@ class Engine:
         if self._waiter is not None:
             await self._waiter.close()
         await self.backend.aclose()
+        if self.tracing:
+            await tracing.flush()
 
     async def flow_info(self, name: str) -> FlowInfo:
         info = self._flows.get(name)
@@ -418,6 +421,8 @@ class Engine:
             callback_url or "",
             traceparent,
         )
+        if created and self.on_submitted is not None:
+            self.on_submitted(flow)
         if self.submit_replicas:
             await self._replicated(rid)
         return rid, bool(created)

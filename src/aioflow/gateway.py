@@ -27,6 +27,8 @@ from .errors import (
 )
 from .guard import GUARD, authorize, install
 from .keys import RunId, check_flow_name
+from .metrics import GatewayMetrics
+from .metrics import response as metrics_response
 from .model import Flow
 from .settings import Settings
 from .status import Status
@@ -37,6 +39,7 @@ log = logging.getLogger("aioflow.gateway")
 MAX_WAIT = 300.0
 ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -188,6 +191,8 @@ async def run_control(request: web.Request) -> web.Response:
         n = await _engine(request).retry(rid)
         return _json({"run_id": str(rid), "status": "running", "requeued": n})
     status = await _engine(request).control(rid, action)
+    if status is Status.STOPPED:
+        request.app[METRICS].finished.labels(rid.flow, "stopped").inc()
     return _json({"run_id": str(rid), "status": status.value})
 
 
@@ -232,16 +237,7 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     engine = _engine(request)
-    lines = [
-        "# HELP aioflow_stream_length Entries in a flow partition's stream.",
-        "# TYPE aioflow_stream_length gauge",
-        "# HELP aioflow_pending Messages delivered to a worker and not yet acknowledged.",
-        "# TYPE aioflow_pending gauge",
-        "# HELP aioflow_dead_letters Entries in a flow partition's dead-letter stream.",
-        "# TYPE aioflow_dead_letters gauge",
-        "# HELP aioflow_delayed Messages waiting in the delayed set (retries, delayed starts).",
-        "# TYPE aioflow_delayed gauge",
-    ]
+    m = request.app[METRICS]
     for info in await engine.flows():
         for p in range(info.partitions):
             tag = f"af:{{{info.name}:{p}}}"
@@ -251,17 +247,16 @@ async def metrics(request: web.Request) -> web.Response:
                 pipe.xlen(f"{tag}:dlq")
                 pipe.zcard(f"{tag}:z")
                 length, pending, dlq, delayed = await pipe.execute(raise_on_error=False)
-            labels = f'{{flow="{info.name}",partition="{p}"}}'
             pend = pending.get("pending", 0) if isinstance(pending, dict) else 0
-            for name, value in (
-                ("aioflow_stream_length", length),
-                ("aioflow_pending", pend),
-                ("aioflow_dead_letters", dlq),
-                ("aioflow_delayed", delayed),
+            for gauge, value in (
+                (m.stream_length, length),
+                (m.pending, pend),
+                (m.dead_letters, dlq),
+                (m.delayed, delayed),
             ):
                 if isinstance(value, int):
-                    lines.append(f"{name}{labels} {value}")
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+                    gauge.labels(info.name, str(p)).set(value)
+    return metrics_response(m.registry)
 
 
 async def flow_definition(request: web.Request) -> web.Response:
@@ -325,11 +320,13 @@ def create_app(
     engine = Engine(
         redis,
         result_ttl=settings.result_ttl,
-        tracing=tracing.configure(settings.tracing),
+        tracing=tracing.configure(settings.tracing, role="gateway"),
         submit_replicas=settings.submit_replicas,
         submit_replicas_timeout=settings.submit_replicas_timeout,
         max_value=settings.max_value,
     )
+    gauges = app[METRICS] = GatewayMetrics()
+    engine.on_submitted = gauges.on_submitted
     app[ENGINE] = engine
     app[SETTINGS] = settings
     install(app, settings, engine)

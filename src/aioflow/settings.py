@@ -54,7 +54,11 @@ class Settings:
       (8 MiB); a larger input is refused at submit, a larger output fails its vertex.
     - ``max_foreach``: most items one foreach split may produce (100,000).
     - ``tracing``: ``1`` for OpenTelemetry spans through the process's tracer
-      provider, ``console`` to print them; off by default.
+      provider, ``console`` to print them, ``otlp`` to export them over OTLP/HTTP
+      (the ``aioflow[otlp]`` extra; configured by the standard ``OTEL_*``
+      variables); off by default.
+    - ``metrics_port``: when set, a worker serves Prometheus metrics on
+      ``http://host:metrics_port/metrics`` (``host`` as above); off by default.
     """
 
     redis_url: str | None = None
@@ -77,6 +81,7 @@ class Settings:
     expose_tracebacks: bool = False
     max_value: int = 8 * 1024 * 1024
     max_foreach: int = 100_000
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -98,6 +103,8 @@ class Settings:
         if self.max_value < 1 or self.max_foreach < 1:
             raise ConfigError("max_value and max_foreach must be >= 1")
         Tokens.parse(self.api_tokens)  # a bad entry fails at startup, not per request
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be a TCP port, got {self.metrics_port}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:

@@ -26,8 +26,32 @@ class Status(enum.StrEnum):
 
 @dataclass
 class VertexState:
+    """One vertex of a run. ``started`` and ``ended`` (unix seconds, worker clock) are
+    those of its last attempt (``ended`` is None while it runs); ``queued`` is when its
+    message was last enqueued (the stream entry's time, Redis clock, ms) and
+    ``queue_wait`` is ``started - queued``."""
+
     status: str
     attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    queued: float | None = None
+
+    @property
+    def queue_wait(self) -> float | None:
+        if self.started is None or self.queued is None:
+            return None
+        return max(0.0, self.started - self.queued)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "attempts": self.attempts,
+            "started": self.started,
+            "ended": self.ended,
+            "queued": self.queued,
+            "queue_wait": self.queue_wait,
+        }
 
 
 @dataclass
@@ -59,9 +83,7 @@ class RunState:
             "created": self.created,
             "started": self.started,
             "ended": self.ended,
-            "vertices": {
-                a: {"status": v.status, "attempts": v.attempts} for a, v in self.vertices.items()
-            },
+            "vertices": {a: v.to_doc() for a, v in self.vertices.items()},
         }
         if self.status is Status.COMPLETED:
             doc["result"] = self.result
@@ -81,12 +103,23 @@ def _f(raw: bytes | None) -> float | None:
 def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
     vertices: dict[str, VertexState] = {}
     for k, v in h.items():
-        if k.startswith((b"s:$", b"a:$")):  # internal vertices ($out, $final)
+        if k[1:3] == b":$":  # internal vertices ($out, $final)
             continue
         if k.startswith(b"s:"):
             vertices.setdefault(k[2:].decode(), VertexState("")).status = v.decode()
         elif k.startswith(b"a:"):
             vertices.setdefault(k[2:].decode(), VertexState("")).attempts = int(v)
+        elif k.startswith(b"t:"):  # "started queued_ms", set when an attempt starts
+            started, _, queued = v.partition(b" ")
+            vs = vertices.setdefault(k[2:].decode(), VertexState(""))
+            vs.started = float(started)
+            vs.queued = int(queued) / 1000 if queued else None
+        elif k.startswith(b"e:"):
+            vertices.setdefault(k[2:].decode(), VertexState("")).ended = float(v)
+    for vs in vertices.values():
+        # the end of an earlier attempt (or of a group's open) is not this attempt's
+        if vs.status == "running" or (vs.ended is not None and vs.ended < (vs.started or 0)):
+            vs.ended = None
     status = Status(h[b"status"].decode())
     err = h.get(b"err")
     cb = h.get(b"cb")

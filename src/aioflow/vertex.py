@@ -24,6 +24,7 @@ from . import codec, tracing
 from .context import Context, RunStore
 from .errors import DefinitionError, InvalidCallbackUrl, LimitExceeded, NodeTimeout, RunFailed
 from .keys import RunId
+from .metrics import outcome
 from .model import Flow
 from .plan import GROUPS, Plan, PNode, child_scope, parent_group
 from .security import SIGNATURE_HEADER, CallbackPolicy, PublicResolver, parse_secrets, sign
@@ -53,6 +54,9 @@ class Msg:
     wants_ctx: bool = False
     trace: bytes | None = None
     cancelled: str | None = None  # "stop" or "drain" when the worker cancelled the task
+    t0: float = 0.0  # perf_counter() when it started (metrics)
+    vstatus: str = ""  # the vertex status its completion record sets
+    timed_out: bool = False
 
     @property
     def rid(self) -> RunId:
@@ -209,8 +213,11 @@ class Executor:
             raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
 
     async def _traced(self, m: Msg) -> None:
-        with tracing.vertex_span(m.trace, m.flow.name, str(m.rid), m.addr, m.attempt):
-            await self._execute(m)
+        with tracing.vertex_span(m.trace, m.flow.name, str(m.rid), m.addr, m.attempt) as span:
+            try:
+                await self._execute(m)
+            finally:
+                tracing.set_outcome(span, outcome(m.vstatus, m.timed_out))
 
     async def _execute(self, m: Msg) -> None:
         data: Any = None
@@ -425,8 +432,7 @@ class Executor:
         return report
 
     async def _failed(self, m: Msg, error: BaseException, data: Any) -> None:
-        if self.tracing:
-            tracing.mark_error(error)
+        m.timed_out = isinstance(error, NodeTimeout)
         vertex = m.node.vertex
         if vertex is not None and vertex.kind == "node":
             if vertex.retry.should_retry(error, m.attempt) and not isinstance(error, LimitExceeded):
@@ -447,6 +453,8 @@ class Executor:
                 )
                 self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
                 self._note_due(due)
+                if self.tracing:
+                    tracing.retried(error, m.attempt, delay)
                 return
             if vertex.on_failure is not None:
                 try:
@@ -456,6 +464,8 @@ class Executor:
                     return
                 except Exception as hook_error:
                     log.warning("on_failure of %s raised %r", m.addr, hook_error)
+        if self.tracing:
+            tracing.mark_error(error)
         err = {
             "vertex": m.addr,
             "type": type(error).__name__,

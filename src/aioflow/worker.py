@@ -15,14 +15,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import codec, keys, tracing
+from . import codec, keys, metrics, tracing
 from .conn import Lean, RedisPyLean
 from .engine import REDIS_ERRORS, partitions_of, register
 from .errors import ConfigError
@@ -55,6 +55,10 @@ def check_server(info: dict[str, Any]) -> None:
             f"Redis maxmemory-policy is {policy!r}: it may evict run state and lose work. "
             "Set it to 'noeviction' (CONFIG SET maxmemory-policy noeviction, and in redis.conf)."
         )
+
+
+async def _nothing() -> None:
+    return None
 
 
 class Worker:
@@ -103,7 +107,8 @@ class Worker:
         self.fenced = 0
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self.fast = self.backend.fast
-        self.tracing = tracing.configure(self.settings.tracing)
+        self.tracing = tracing.configure(self.settings.tracing, role="worker")
+        self.metrics = metrics.WorkerMetrics(lambda: len(self._inflight))
         self.executor = Executor(
             self.backend,
             clock=clock,
@@ -155,11 +160,13 @@ class Worker:
         self._slot_event.set()
 
     async def run(self) -> None:
+        stop_metrics = await self._serve_metrics()
         try:
             await self._retrying(self._prepare)
         except BaseException:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.backend.aclose()
+            await stop_metrics()
             raise
         log.info(
             "worker %s: concurrency %d, flows %s",
@@ -189,6 +196,16 @@ class Worker:
                 await self.backend.aclose()
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.executor.aclose()
+            await stop_metrics()
+            await tracing.flush()
+
+    async def _serve_metrics(self) -> Callable[[], Awaitable[None]]:
+        """Serve /metrics on ``metrics_port`` (when set); answers what stops it."""
+        port = self.settings.metrics_port
+        if port is None:
+            return _nothing
+        runner = await metrics.serve(self.metrics.registry, self.settings.host, port)
+        return runner.cleanup
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.settings.grace
@@ -390,9 +407,10 @@ class Worker:
     async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
         flow = self.streams[stream]
         plan = self.plans[flow.name]
+        now = self.clock()
         args: list[Any] = [
             self.consumer,
-            repr(self.clock()),
+            repr(now),
             self.settings.max_deliveries,
             self.ttl_ms,
         ]
@@ -462,11 +480,14 @@ class Worker:
                 m.fetched = list(r[2:])
                 if self.tracing:
                     m.trace = m.fetched.pop()
+                self.metrics.started(m, now)
                 task = asyncio.create_task(self._run(m))
                 self._inflight[m.id] = (m, task)
                 self._by_run.setdefault((stream, m.uid), set()).add(m.id)
             elif code == b"dead":
                 log.error("message %s (%s %s) dead-lettered", m.id, m.uid, m.addr)
+                if r[1] == b"failed":
+                    self.metrics.dead_lettered(m)
 
     def _queue(
         self,
@@ -479,6 +500,7 @@ class Worker:
         marker: str | None = None,
     ) -> None:
         marker = marker or default_marker(m)
+        m.vstatus = vstatus
         rec = [m.id, m.uid, marker, mode, value, m.addr, vstatus, len(ops) // 4, *ops]
         self._done.append((m, rec))
         self._done_event.set()
@@ -538,8 +560,9 @@ class Worker:
                             m.uid,
                             m.addr,
                         )
-                    elif r == b"ok":
+                    elif r != b"dup":  # ok, or it ended the run
                         self.completed += 1
+                    self.metrics.done(m, r)
                     self._release(m)
 
     async def _apply(self, stream: str, items: list[tuple[Msg, list[Any]]]) -> Any:

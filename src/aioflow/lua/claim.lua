@@ -1,6 +1,7 @@
 -- Start a batch of delivered messages. ARGV: consumer, now, max_deliveries, ttl, then
 -- per message: id uid addr kind marker check nfetch field...
--- Answers per message: {'go', attempt, fetched...} | {'drop'} | {'dup'} | {'park'} | {'dead'}
+-- Answers per message: {'go', attempt, fetched...} | {'drop'} | {'dup'} | {'park'}
+-- | {'dead', 'failed' when that failed the run, else ''}
 local consumer, now, maxdel, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local out = {}
 local i = 5
@@ -34,17 +35,22 @@ while i <= #ARGV do
       if check == '1' and maxdel > 0 then
         local p = redis.call('XPENDING', q, GROUP, id, id, 1)
         if p[1] and tonumber(p[1][4]) > maxdel then
-          dead_letter(id, uid, addr, kind,
+          local failed = dead_letter(id, uid, addr, kind,
             'delivered ' .. p[1][4] .. ' times (max_deliveries=' .. maxdel ..
             '): the worker running it died or stalled each time', tonumber(p[1][4]), now, ttl)
-          res = {'dead'}
+          res = {'dead', failed and 'failed' or ''}
         end
       end
       if not res then
+        -- t: 'started queued_ms' (queued: the stream entry id's time); a group's close
+        -- keeps the times of its open (the field is then set twice, to the same status)
+        local tf, tv = 't:' .. addr, now .. ' ' .. string.match(id, '^%d+')
+        if kind == 'c' then tf, tv = 's:' .. addr, 'running' end
         if kind ~= 'f' and status == 'pending' then
-          redis.call('HSET', run, 'status', 'running', 'started', now, 's:' .. addr, 'running')
+          redis.call('HSET', run, 'status', 'running', 'started', now, 's:' .. addr, 'running',
+            tf, tv)
         else  -- running, or the hooks of a finished run (no status change)
-          redis.call('HSET', run, 's:' .. addr, 'running')
+          redis.call('HSET', run, 's:' .. addr, 'running', tf, tv)
         end
         local attempt = redis.call('HINCRBY', run, 'a:' .. addr, 1)
         res = {'go', attempt}

@@ -51,7 +51,8 @@ local function fields_to_map(flat)
   return m
 end
 
--- Move a message to the dead-letter stream and fail its run, in one step.
+-- Move a message to the dead-letter stream and fail its run, in one step. Answers
+-- whether that ended the run.
 local function dead_letter(id, uid, addr, kind, reason, deliveries, now, ttl)
   local e = redis.call('XRANGE', q, id, id)
   local data = ''
@@ -67,6 +68,8 @@ local function dead_letter(id, uid, addr, kind, reason, deliveries, now, ttl)
         traceback = '', attempts = deliveries})
       redis.call('HSET', run, 's:' .. addr, 'failed')
       finish(run, uid, 'failed', 'err', err, now, ttl)
+      return true
     end
   end
+  return false
 end

@@ -8,7 +8,8 @@
 --      X err              the run failed with err (JSON)
 --      S field value      set a field of the run
 --      D due member       delay: add a message to the delayed set
--- Answers per completion: 'ok' | 'dup' | 'fenced'
+-- Answers per completion: 'ok' | 'dup' | 'fenced', or 'completed' | 'failed' when it ended
+-- the run (e:vaddr records when the vertex's attempt ended)
 local consumer, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local ACTIVE = {running = true, pending = true, paused = true}
 
@@ -29,14 +30,15 @@ local function apply(i)
   local status = head[1]
   if status then
     if mode == 'c' and vaddr ~= '' then
-      redis.call('HSET', run, marker, value, 's:' .. vaddr, vstatus)
+      redis.call('HSET', run, marker, value, 's:' .. vaddr, vstatus, 'e:' .. vaddr, now)
     elseif mode == 'c' then
       redis.call('HSET', run, marker, value)
     elseif vaddr ~= '' then
-      redis.call('HSET', run, 's:' .. vaddr, vstatus)
+      redis.call('HSET', run, 's:' .. vaddr, vstatus, 'e:' .. vaddr, now)
     end
   end
   local active = status and ACTIVE[status]
+  local ended = 'ok'
   for j = i + 8, i + 7 + nops * 4, 4 do
     local op, a, b, c = ARGV[j], ARGV[j+1], ARGV[j+2], ARGV[j+3]
     if op == 'S' then
@@ -55,17 +57,17 @@ local function apply(i)
         end
       elseif op == 'F' then
         finish(run, uid, 'completed', 'result', value, now, ttl)
-        active = false
+        active, ended = false, 'completed'
       elseif op == 'X' then
         finish(run, uid, 'failed', 'err', a, now, ttl)
-        active = false
+        active, ended = false, 'failed'
       elseif op == 'D' then
         redis.call('ZADD', pre .. ':z', a, b)
       end
     end
   end
   if id ~= '' then redis.call('XACK', q, GROUP, id) end
-  return 'ok'
+  return ended
 end
 
 local out = {}
