@@ -1,0 +1,515 @@
+"use strict";
+const RUN_STATUSES = ["pending", "running", "paused", "stopped", "completed", "failed"];
+const VERTEX_STATUSES = ["running", "completed", "failed", "parked"];
+const TERMINAL = new Set(["completed", "failed", "stopped"]);
+const WILD = "\u0001"; // placeholder for an unknown foreach key in address templates
+const S = {flow: null, run: null, def: null, cursors: [""], nextCursor: null, filter: "",
+  runsKey: null, runKey: null, runData: null, vboxes: [], ticks: 0};
+
+// ---------- DOM helpers (text is always inserted as text nodes; no innerHTML) ----------
+const $ = (id) => document.getElementById(id);
+function append(el, kids) {
+  for (const k of kids.flat(Infinity)) {
+    if (k == null || k === false) continue;
+    el.appendChild(k instanceof Node ? k : document.createTextNode(String(k)));
+  }
+  return el;
+}
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  return append(el, kids);
+}
+const SVGNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs, ...kids) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v != null) el.setAttribute(k, String(v));
+  return append(el, kids);
+}
+function fill(el, ...kids) { el.replaceChildren(); return append(el, kids); }
+const safeStatus = (st, allowed) => (allowed.includes(st) ? st : "unknown");
+const badge = (st) => h("span", {class: "badge st-" + safeStatus(st, RUN_STATUSES.concat(VERTEX_STATUSES))}, st == null ? "?" : String(st));
+
+let msgTimer = null;
+function say(text, isErr) {
+  const m = $("msg");
+  m.className = isErr ? "err" : "ok";
+  m.textContent = text;
+  m.title = text;
+  clearTimeout(msgTimer);
+  msgTimer = setTimeout(() => { m.textContent = ""; }, 7000);
+}
+const errText = (e) => (e && typeof e === "object" && e.error)
+  ? String(e.error) + (e.detail ? ": " + String(e.detail) : "") : String(e);
+
+async function api(method, path, body, headers) {
+  const opt = {method, headers: headers || {}};
+  if (body !== undefined) opt.body = body;
+  let resp;
+  try { resp = await fetch(path, opt); }
+  catch (e) { throw {error: "network", detail: String(e)}; }
+  const text = await resp.text();
+  let data;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!resp.ok) {
+    const err = (data && typeof data === "object") ? data : {error: "http_" + resp.status, detail: String(text)};
+    err.httpStatus = resp.status;
+    throw err;
+  }
+  return data;
+}
+const enc = encodeURIComponent;
+const flowPath = (f) => "/flow/" + enc(f);
+const hashFor = (flow, run) => "#/flow/" + enc(flow) + (run ? "/run/" + enc(run) : "");
+
+// ---------- formatting ----------
+function fmtTime(t) {
+  if (typeof t !== "number") return "—";
+  const d = new Date(t * 1000);
+  const p = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " +
+    p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds());
+}
+function fmtDur(a, b) {
+  if (typeof a !== "number") return "";
+  const sec = (typeof b === "number" ? b : Date.now() / 1000) - a;
+  if (sec < 0) return "";
+  if (sec < 1) return Math.round(sec * 1000) + " ms";
+  if (sec < 120) return sec.toFixed(1) + " s";
+  if (sec < 7200) return Math.round(sec / 60) + " min";
+  return (sec / 3600).toFixed(1) + " h";
+}
+function unbytes(v) {
+  if (Array.isArray(v)) return v.map(unbytes);
+  if (v && typeof v === "object") {
+    const ks = Object.keys(v);
+    if (ks.length === 1 && ks[0] === "$bytes" && typeof v.$bytes === "string") {
+      let raw;
+      try { raw = atob(v.$bytes); } catch (_) { return "<bytes " + v.$bytes.slice(0, 40) + ">"; }
+      try {
+        const txt = new TextDecoder("utf-8", {fatal: true}).decode(Uint8Array.from(raw, (c) => c.charCodeAt(0)));
+        if (!/[\u0000-\u0008\u000e-\u001f]/.test(txt)) return "b'" + txt + "'";
+      } catch (_) { /* not UTF-8 text */ }
+      return "<" + raw.length + " bytes: " + v.$bytes.slice(0, 40) + (v.$bytes.length > 40 ? "…" : "") + ">";
+    }
+    const o = {};
+    for (const k of ks) o[k] = unbytes(v[k]);
+    return o;
+  }
+  return v;
+}
+const pretty = (v) => { const t = JSON.stringify(unbytes(v), null, 2); return t === undefined ? String(v) : t; };
+
+// ---------- DAG layout + SVG drawing ----------
+function layout(dag) {
+  const verts = Array.isArray(dag.vertices) ? dag.vertices : [];
+  const names = verts.map((v) => String(v.name));
+  const known = new Set(names);
+  const edges = (dag.edges || []).filter((e) => known.has(e.from) && known.has(e.to));
+  const out = new Map(names.map((n) => [n, []]));
+  for (const e of edges) out.get(e.from).push(e.to);
+  // iterative DFS from the entries first; edges to a vertex on the stack are back edges
+  const state = new Map(), back = new Set();
+  for (const r of [...(dag.entries || []).filter((n) => known.has(n)), ...names]) {
+    if (state.has(r)) continue;
+    const stack = [[r, 0]];
+    state.set(r, 1);
+    while (stack.length) {
+      const top = stack[stack.length - 1], succ = out.get(top[0]);
+      if (top[1] < succ.length) {
+        const n = succ[top[1]++];
+        if (!state.has(n)) { state.set(n, 1); stack.push([n, 0]); }
+        else if (state.get(n) === 1) back.add(top[0] + "\u0000" + n);
+      } else { state.set(top[0], 2); stack.pop(); }
+    }
+  }
+  const isBack = (e) => back.has(e.from + "\u0000" + e.to);
+  const fwd = edges.filter((e) => !isBack(e));
+  // longest-path layering (Kahn order over the acyclic part)
+  const indeg = new Map(names.map((n) => [n, 0]));
+  const preds = new Map(names.map((n) => [n, []]));
+  for (const e of fwd) { indeg.set(e.to, indeg.get(e.to) + 1); preds.get(e.to).push(e.from); }
+  const layer = new Map(names.map((n) => [n, 0]));
+  const queue = names.filter((n) => indeg.get(n) === 0);
+  while (queue.length) {
+    const n = queue.shift();
+    for (const e of fwd) if (e.from === n) {
+      layer.set(e.to, Math.max(layer.get(e.to), layer.get(n) + 1));
+      indeg.set(e.to, indeg.get(e.to) - 1);
+      if (indeg.get(e.to) === 0) queue.push(e.to);
+    }
+  }
+  const nL = names.length ? Math.max(...layer.values()) + 1 : 0;
+  const layers = Array.from({length: nL}, () => []);
+  for (const n of names) layers[layer.get(n)].push(n);
+  // one barycenter pass to reduce crossings
+  const rank = new Map();
+  const setRanks = (L) => L.forEach((n, i) => rank.set(n, i - (L.length - 1) / 2));
+  layers.forEach(setRanks);
+  for (let l = 1; l < nL; l++) {
+    const bc = new Map(layers[l].map((n) => {
+      const p = preds.get(n);
+      return [n, p.length ? p.reduce((a, m) => a + rank.get(m), 0) / p.length : rank.get(n)];
+    }));
+    layers[l].sort((a, b) => bc.get(a) - bc.get(b));
+    setRanks(layers[l]);
+  }
+  // geometry: layers are columns, left to right
+  const BH = 44, VG = 16, HG = 64, PAD = 12;
+  const boxW = (v) => Math.max(84, Math.ceil(String(v.name).length * 7.6) + 26, v.kind !== "node" ? 96 : 0);
+  const byName = new Map(verts.map((v) => [String(v.name), v]));
+  const pos = new Map();
+  const maxRows = Math.max(1, ...layers.map((L) => L.length));
+  const height = maxRows * (BH + VG) - VG;
+  let x = PAD + 8;
+  for (const L of layers) {
+    const w = Math.max(...L.map((n) => boxW(byName.get(n))));
+    const colH = L.length * (BH + VG) - VG;
+    L.forEach((n, i) => pos.set(n, {x, y: PAD + (height - colH) / 2 + i * (BH + VG), w, h: BH}));
+    x += w + HG;
+  }
+  const hasBack = edges.some(isBack) || edges.some((e) => layer.get(e.from) >= layer.get(e.to));
+  return {pos, edges, isBack, layer, width: x - HG + PAD + 8, height: height + 2 * PAD + (hasBack ? 44 : 0)};
+}
+
+let svgSeq = 0;
+function nestedPrefixes(v, prefix) {
+  const k = v.kind, n = String(v.name);
+  if (k === "subdag" && v.dag) return [{label: "subdag " + n, dag: v.dag, prefix: prefix + n + "[]/"}];
+  if (k === "foreach" && v.dag) return [{label: "foreach " + n + " (per item)", dag: v.dag, prefix: prefix + n + "[" + WILD + "]/"}];
+  if (k === "branch" && v.branches && typeof v.branches === "object") {
+    const conds = Array.isArray(v.conditions) ? v.conditions : Object.keys(v.branches);
+    return conds.filter((c) => v.branches[c]).map((c) =>
+      ({label: "branch " + n + " when \u201c" + c + "\u201d", dag: v.branches[c], prefix: prefix + n + "[" + c + "]/"}));
+  }
+  return [];
+}
+
+function drawDag(dag, prefix, depth) {
+  const wrap = h("div", {});
+  const L = layout(dag);
+  if (!L.pos.size) return append(wrap, [h("div", {class: "muted"}, "(empty graph)")]);
+  const id = "arr" + (++svgSeq);
+  const svg = s("svg", {width: L.width, height: L.height, viewBox: "0 0 " + L.width + " " + L.height, role: "img"});
+  const marker = (mid, color) => s("marker", {id: mid, viewBox: "0 0 10 10", refX: 9, refY: 5,
+    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse"}, s("path", {d: "M0,0 L10,5 L0,10 z", fill: color}));
+  svg.appendChild(s("defs", {}, marker(id, "#8c959f"), marker(id + "f", "#bf8700"), marker(id + "b", "#a475f9")));
+  for (const e of L.edges) {
+    const a = L.pos.get(e.from), b = L.pos.get(e.to);
+    const loop = L.isBack(e) || L.layer.get(e.from) >= L.layer.get(e.to);
+    let d;
+    if (loop) {
+      const x1 = a.x + a.w / 2, y1 = a.y + a.h, x2 = b.x + b.w / 2 + (e.from === e.to ? 14 : 0), y2 = b.y + b.h;
+      const low = Math.max(y1, y2) + 34;
+      d = `M${x1},${y1} C${x1},${low} ${x2},${low} ${x2},${y2 + 1}`;
+    } else {
+      const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x - 1, y2 = b.y + b.h / 2, dx = Math.max(24, (x2 - x1) / 2);
+      d = `M${x1},${y1} C${x1 + dx},${y1} ${x2 - dx},${y2} ${x2},${y2}`;
+    }
+    const cls = "edge" + (e.data === false ? " ctl" : "") + (e.forward ? " fwd" : "") + (loop ? " back" : "");
+    const mk = e.forward ? id + "f" : loop ? id + "b" : id;
+    svg.appendChild(s("path", {class: cls, d, "marker-end": "url(#" + mk + ")"},
+      s("title", {}, e.from + " \u2192 " + e.to + (e.data === false ? " (control)" : " (data)") + (e.forward ? " forward" : "") + (loop ? " back edge" : ""))));
+  }
+  const nestedBox = h("div", {});
+  const detailsFor = new Map();
+  const entries = new Set(dag.entries || []), exits = new Set(dag.exits || []);
+  for (const v of dag.vertices) {
+    const n = String(v.name), p = L.pos.get(n), compound = v.kind !== "node";
+    const tmpl = prefix + n;
+    const rect = s("rect", {class: "vbox" + (compound ? " compound" : ""), x: p.x, y: p.y, width: p.w, height: p.h, rx: 6});
+    const title = s("title", {});
+    const baseTip = n + "\nkind: " + v.kind + "\nretries: " + (v.retries ?? 0) + "\ntimeout: " +
+      (v.timeout == null ? "none" : v.timeout + " s") + (v.aggregate ? "\naggregate: yes" : "") +
+      (v.kind === "branch" && Array.isArray(v.conditions) ? "\nconditions: " + v.conditions.join(", ") : "");
+    title.textContent = baseTip;
+    const g = s("g", {class: "v" + (compound ? " compound" : "")}, title, rect);
+    if (compound) {
+      const kl = v.kind === "branch" && Array.isArray(v.conditions) ? "BRANCH \u00d7" + v.conditions.length : String(v.kind).toUpperCase();
+      g.appendChild(s("text", {class: "vkind", x: p.x + p.w / 2, y: p.y + 15, "text-anchor": "middle"}, kl));
+      g.appendChild(s("text", {class: "vname", x: p.x + p.w / 2, y: p.y + 33, "text-anchor": "middle"}, n));
+      g.addEventListener("click", () => {
+        const ds = detailsFor.get(n) || [];
+        ds.forEach((det) => { det.open = true; });
+        if (ds[0]) ds[0].scrollIntoView({behavior: "smooth", block: "nearest"});
+      });
+    } else {
+      g.appendChild(s("text", {class: "vname", x: p.x + p.w / 2, y: p.y + p.h / 2 + 4.5, "text-anchor": "middle"}, n));
+    }
+    if (entries.has(n)) g.appendChild(s("circle", {class: "entry", cx: p.x - 6, cy: p.y + p.h / 2, r: 4}));
+    if (exits.has(n)) g.appendChild(s("circle", {class: "exit", cx: p.x + p.w + 6, cy: p.y + p.h / 2, r: 4}));
+    svg.appendChild(g);
+    S.vboxes.push({rect, title, baseTip, tmpl, compound, base: "vbox" + (compound ? " compound" : "")});
+    for (const sub of nestedPrefixes(v, prefix)) {
+      const det = h("details", {class: "nested", open: depth < 1 ? true : null},
+        h("summary", {}, sub.label), drawDag(sub.dag, sub.prefix, depth + 1));
+      nestedBox.appendChild(det);
+      if (!detailsFor.has(n)) detailsFor.set(n, []);
+      detailsFor.get(n).push(det);
+    }
+  }
+  return append(wrap, [h("div", {class: "dagwrap"}, svg), nestedBox]);
+}
+
+const escRe = (t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+function matchStatus(tmpl, vertices) {
+  if (!tmpl.includes(WILD)) {
+    const v = vertices[tmpl];
+    return v && typeof v === "object" ? {st: v.status, tip: "status: " + v.status + "\nattempts: " + (v.attempts ?? "?")} : null;
+  }
+  const re = new RegExp("^" + tmpl.split(WILD).map(escRe).join(".*?") + "$");
+  const counts = {};
+  for (const [addr, v] of Object.entries(vertices)) {
+    if (v && typeof v === "object" && re.test(addr)) counts[v.status] = (counts[v.status] || 0) + 1;
+  }
+  const sts = Object.keys(counts);
+  if (!sts.length) return null;
+  const st = ["failed", "running", "parked", "completed"].find((o) => counts[o]) || sts[0];
+  return {st, tip: sts.map((k) => k + ": " + counts[k]).join("\n")};
+}
+function colourDag() {
+  const vertices = (S.runData && S.runData.vertices && typeof S.runData.vertices === "object") ? S.runData.vertices : null;
+  for (const b of S.vboxes) {
+    let m = vertices ? matchStatus(b.tmpl, vertices) : null;
+    if (!m && vertices && b.compound) m = matchStatus(b.tmpl + "[" + WILD + "]/" + WILD, vertices);
+    b.rect.setAttribute("class", b.base + (m ? " vs-" + safeStatus(m.st, VERTEX_STATUSES) : ""));
+    b.title.textContent = b.baseTip + (m ? "\n\n" + m.tip : "");
+  }
+}
+
+// ---------- flows ----------
+async function loadFlows() {
+  try {
+    const data = await api("GET", "/flows");
+    const flows = (data && Array.isArray(data.flows)) ? data.flows : [];
+    const list = $("flows");
+    if (!flows.length) { fill(list, h("span", {class: "muted"}, "no flows registered")); return; }
+    fill(list, flows.map((f) => h("a", {href: hashFor(f.name), "data-flow": f.name},
+      h("span", {}, String(f.name)), h("small", {title: "partitions"}, "\u00d7" + (f.partitions ?? "?")))));
+    markFlows();
+  } catch (e) { fill($("flows"), h("span", {class: "muted"}, "error: " + errText(e))); }
+}
+function markFlows() {
+  for (const a of $("flows").querySelectorAll("a")) a.classList.toggle("sel", a.getAttribute("data-flow") === S.flow);
+}
+async function loadDef() {
+  const flow = S.flow;
+  S.vboxes = [];
+  fill($("dag"), "loading…");
+  try {
+    const def = await api("GET", flowPath(flow));
+    if (flow !== S.flow) return;
+    S.def = def;
+    S.vboxes = [];
+    const dag = def && def.dag;
+    if (!dag || !Array.isArray(dag.vertices)) { fill($("dag"), "flow has no DAG"); return; }
+    fill($("dag"), h("div", {class: "legend"},
+      "● entry  ○ exit  · solid = data edge, dashed = control only, amber = forward, purple = back edge · dashed purple boxes are subdag/branch/foreach (click to expand)"),
+      drawDag(dag, "", 0));
+    colourDag();
+  } catch (e) { if (flow === S.flow) fill($("dag"), "error: " + errText(e)); }
+}
+
+// ---------- runs list ----------
+async function refreshRuns() {
+  if (!S.flow) return;
+  const flow = S.flow, cursor = S.cursors[S.cursors.length - 1], filter = S.filter;
+  const q = new URLSearchParams({limit: "20"});
+  if (filter) q.set("status", filter);
+  if (cursor) q.set("cursor", cursor);
+  let data;
+  try { data = await api("GET", flowPath(flow) + "/runs?" + q); }
+  catch (e) {
+    if (flow === S.flow) fill($("runs"), h("span", {class: "muted"}, "error: " + errText(e)));
+    return;
+  }
+  if (flow !== S.flow || filter !== S.filter || cursor !== S.cursors[S.cursors.length - 1]) return;
+  S.nextCursor = data && data.next_cursor ? String(data.next_cursor) : null;
+  $("older").disabled = !S.nextCursor;
+  $("newer").disabled = S.cursors.length <= 1;
+  $("pageInfo").textContent = "page " + S.cursors.length;
+  const key = JSON.stringify(data);
+  if (key === S.runsKey) { markRuns(); return; }
+  S.runsKey = key;
+  const runs = (data && Array.isArray(data.runs)) ? data.runs : [];
+  if (!runs.length) { fill($("runs"), h("span", {class: "muted"}, filter ? "no " + filter + " runs" : "no runs yet")); return; }
+  fill($("runs"), h("table", {},
+    h("thead", {}, h("tr", {}, h("th", {}, "run"), h("th", {}, "status"), h("th", {}, "created"), h("th", {}, "took"))),
+    h("tbody", {}, runs.map((r) => h("tr", {class: "click", "data-run": r.run_id,
+      onclick: () => { location.hash = hashFor(flow, r.run_id); }},
+      h("td", {class: "id"}, h("a", {href: hashFor(flow, r.run_id)}, String(r.run_id))),
+      h("td", {}, badge(r.status)), h("td", {}, fmtTime(r.created)),
+      h("td", {class: "muted"}, r.ended == null ? (TERMINAL.has(r.status) ? "" : "…") : fmtDur(r.created, r.ended)))))));
+  markRuns();
+}
+function markRuns() {
+  for (const tr of $("runs").querySelectorAll("tr[data-run]")) tr.classList.toggle("sel", tr.getAttribute("data-run") === S.run);
+}
+
+// ---------- run detail ----------
+async function refreshRun() {
+  if (!S.flow || !S.run) return;
+  const flow = S.flow, run = S.run;
+  let data;
+  try { data = await api("GET", flowPath(flow) + "/run/" + enc(run)); }
+  catch (e) {
+    if (flow !== S.flow || run !== S.run) return;
+    S.runKey = null; S.runData = null; colourDag();
+    fill($("secRun"), h("h2", {}, "Run ", h("span", {class: "mono"}, run)), h("div", {class: "err-head"}, errText(e)));
+    return;
+  }
+  if (flow !== S.flow || run !== S.run) return;
+  const key = JSON.stringify(data);
+  if (key === S.runKey) { updateDuration(); return; }
+  S.runKey = key;
+  S.runData = data;
+  renderRun(data);
+  colourDag();
+}
+function updateDuration() {
+  const el = $("runDur"), d = S.runData;
+  if (el && d && d.ended == null) el.textContent = fmtDur(d.created, null) + " (so far)";
+}
+async function action(verb) {
+  const flow = S.flow, run = S.run;
+  if (verb === "stop" && !confirm("Stop run " + run + "?")) return;
+  try {
+    const r = await api("POST", flowPath(flow) + "/run/" + enc(run) + "/" + verb);
+    say(verb + ": run is now " + (r && r.status), false);
+  } catch (e) { say(verb + " failed — " + errText(e), true); }
+  S.runKey = null;
+  S.runsKey = null;
+  refreshRun();
+  refreshRuns();
+}
+function renderRun(d) {
+  const st = d.status;
+  const btn = (verb, label, enabled, cls) => h("button", {class: cls || null, disabled: !enabled, onclick: () => action(verb)}, label);
+  const verts = (d.vertices && typeof d.vertices === "object") ? Object.entries(d.vertices) : [];
+  verts.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const parts = [
+    h("h2", {}, "Run ", h("span", {class: "mono"}, String(d.run_id ?? S.run)), badge(st), h("span", {class: "grow"}),
+      btn("pause", "Pause", st === "running" || st === "pending"),
+      btn("resume", "Resume", st === "paused"),
+      btn("stop", "Stop", !TERMINAL.has(st), "danger")),
+    h("dl", {class: "meta"},
+      h("dt", {}, "flow"), h("dd", {}, String(d.flow ?? S.flow)),
+      h("dt", {}, "created"), h("dd", {}, fmtTime(d.created)),
+      h("dt", {}, "ended"), h("dd", {}, d.ended == null ? "—" : fmtTime(d.ended)),
+      h("dt", {}, "duration"), h("dd", {id: "runDur"}, d.ended == null ? fmtDur(d.created, null) + " (so far)" : fmtDur(d.created, d.ended))),
+  ];
+  if (d.error && typeof d.error === "object") {
+    const er = d.error;
+    parts.push(h("div", {class: "err-head"}, "Failed in ", h("code", {}, String(er.vertex ?? "?")),
+      er.attempts != null ? " after " + er.attempts + " attempt" + (er.attempts === 1 ? "" : "s") : "",
+      " — " + String(er.type ?? "Error") + ": " + String(er.message ?? "")));
+    if (er.traceback) parts.push(h("pre", {class: "err"}, String(er.traceback)));
+  } else if (d.error != null) {
+    parts.push(h("div", {class: "err-head"}, "Error"), h("pre", {class: "err"}, pretty(d.error)));
+  }
+  if ("result" in d) parts.push(h("div", {style: "margin-top:8px"}, h("strong", {}, "Result")), h("pre", {}, pretty(d.result)));
+  parts.push(h("div", {style: "margin-top:12px"}, h("strong", {}, "Vertices "), h("span", {class: "muted"}, "(" + verts.length + ")")));
+  parts.push(verts.length ? h("table", {},
+    h("thead", {}, h("tr", {}, h("th", {}, "address"), h("th", {}, "status"), h("th", {}, "attempts"))),
+    h("tbody", {}, verts.map(([addr, v]) => h("tr", {},
+      h("td", {class: "id"}, addr), h("td", {}, badge(v && v.status)), h("td", {}, String(v && v.attempts != null ? v.attempts : "")))))
+  ) : h("div", {class: "muted"}, "no vertex has started yet"));
+  fill($("secRun"), parts);
+}
+
+// ---------- start form ----------
+async function startRun() {
+  const flow = S.flow, text = $("body").value, isJson = $("isJson").checked, out = $("startOut");
+  if (isJson && text.trim()) {
+    try { JSON.parse(text); } catch (e) { fill(out, h("pre", {class: "err"}, "invalid JSON: " + e.message)); return; }
+  }
+  const b = $("startBtn");
+  b.disabled = true;
+  fill(out, h("div", {class: "muted", style: "margin-top:8px"}, "starting… (waiting up to 5 s)"));
+  let data, ok = true;
+  try {
+    data = await api("POST", flowPath(flow) + "?wait=5", isJson ? (text.trim() || "null") : text,
+      {"Content-Type": isJson ? "application/json" : "application/octet-stream"});
+  } catch (e) { data = e; ok = false; }
+  b.disabled = false;
+  if (flow !== S.flow) return;
+  const rid = data && typeof data === "object" && data.run_id;
+  fill(out, h("div", {class: "formrow"}, ok ? badge(data && data.status) : h("span", {class: "err-head"}, "error"),
+    rid ? h("a", {href: hashFor(flow, String(rid))}, "open run " + String(rid)) : null),
+    h("pre", {class: ok ? null : "err"}, pretty(data)));
+  S.runsKey = null;
+  refreshRuns();
+}
+
+// ---------- health, routing, polling ----------
+async function loadHealth() {
+  const el = $("health");
+  try {
+    const d = await api("GET", "/healthz");
+    const up = !!(d && d.ok);
+    fill(el, h("span", {class: "dot " + (up ? "up" : "down")}), up ? "healthy" : "unhealthy",
+      d && "redis" in d ? " · redis " + (d.redis ? "ok" : "down") : "");
+  } catch (e) { fill(el, h("span", {class: "dot down"}), "gateway unreachable"); }
+}
+function parseHash() {
+  const p = location.hash.replace(/^#\/?/, "").split("/").map((x) => { try { return decodeURIComponent(x); } catch (_) { return x; } });
+  if (p[0] === "flow" && p[1]) return {flow: p[1], run: p[2] === "run" && p[3] ? p[3] : null};
+  return {flow: null, run: null};
+}
+function route() {
+  const {flow, run} = parseHash();
+  const flowChanged = flow !== S.flow, runChanged = flowChanged || run !== S.run;
+  S.flow = flow;
+  S.run = run;
+  markFlows();
+  $("empty").hidden = !!flow;
+  $("secDag").hidden = !flow;
+  $("split").hidden = !flow;
+  if (flowChanged) {
+    S.def = null; S.cursors = [""]; S.nextCursor = null; S.runsKey = null;
+    $("flowName").textContent = flow || "";
+    fill($("runs"), h("span", {class: "muted"}, "loading…"));
+    fill($("startOut"));
+    if (flow) { loadDef(); refreshRuns(); }
+    document.title = flow ? "aioflow · " + flow : "aioflow dashboard";
+  }
+  if (runChanged) {
+    S.runKey = null; S.runData = null;
+    colourDag();
+    markRuns();
+    fill($("secRun"), h("span", {class: "muted"}, run ? "loading run…" : "Select a run to see its state."));
+    if (run) refreshRun();
+  }
+}
+let busy = false;
+async function tick() {
+  if (document.visibilityState !== "visible" || busy) return;
+  busy = true;
+  try {
+    S.ticks++;
+    await Promise.all([refreshRuns(), refreshRun(), S.ticks % 5 === 0 ? loadHealth() : null]);
+    if (S.ticks % 15 === 0) await loadFlows();
+  } finally { busy = false; }
+}
+
+for (const st of RUN_STATUSES) $("filter").appendChild(h("option", {value: st}, st));
+$("filter").addEventListener("change", () => {
+  S.filter = $("filter").value; S.cursors = [""]; S.runsKey = null;
+  fill($("runs"), h("span", {class: "muted"}, "loading…"));
+  refreshRuns();
+});
+$("older").addEventListener("click", () => { if (S.nextCursor) { S.cursors.push(S.nextCursor); S.runsKey = null; refreshRuns(); } });
+$("newer").addEventListener("click", () => { if (S.cursors.length > 1) { S.cursors.pop(); S.runsKey = null; refreshRuns(); } });
+$("reloadFlows").addEventListener("click", loadFlows);
+$("startBtn").addEventListener("click", startRun);
+window.addEventListener("hashchange", route);
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") tick(); });
+loadFlows();
+loadHealth();
+route();
+setInterval(tick, 2000);
