@@ -295,6 +295,22 @@ async def dashboard(request: web.Request) -> web.Response:
     return web.Response(body=html, content_type="text/html")
 
 
+# temporary: issue9 adds this (static files of the dashboard, by allowlist)
+_STATIC = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info.get("name", "favicon.svg")
+    if name not in _STATIC:
+        raise web.HTTPNotFound(text=f"no static file {name!r}")
+    body = (resources.files("aioflow") / "static" / name).read_bytes()
+    return web.Response(body=body, content_type=_STATIC[name])
+
+
 def create_app(
     redis: RedisClient,
     *,
@@ -346,6 +362,8 @@ def create_app(
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     app.router.add_get("/", dashboard)
+    app.router.add_get("/static/{name}", static_file)  # temporary: issue9 adds this
+    app.router.add_get("/favicon.ico", static_file)  # temporary: issue9 adds this
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/flows", list_flows)
     app.router.add_get("/metrics", metrics)
