@@ -15,6 +15,8 @@ DOCUMENTED = [
     "Dag",
     "DefinitionError",
     "Flow",
+    "GatewayError",
+    "GatewayUnavailable",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",
