@@ -134,7 +134,7 @@ async def test_timeout_pause_resume_stop(env: tuple[aioflow.Client, Served]) -> 
 
 
 async def test_state_runs_and_caller_chosen_ids(env: tuple[aioflow.Client, Served]) -> None:
-    client, _ = env
+    client, srv = env
     a = await client.submit("calc", 1, run_id="order-1")
     assert await client.submit("calc", 99, run_id="order-1") == a  # not a second run
     assert await client.result(a, timeout=T) == 3
@@ -143,6 +143,13 @@ async def test_state_runs_and_caller_chosen_ids(env: tuple[aioflow.Client, Serve
     assert st.result == 3
     assert {k: v.attempts for k, v in st.vertices.items()} == {"double": 1, "inc": 1}
     assert st.created is not None and st.ended is not None and st.ended >= st.created
+    direct = await srv.stack.client.state(a)  # read straight from Redis
+    assert (st.vertices, st.created, st.started, st.ended) == (
+        direct.vertices,
+        direct.created,
+        direct.started,
+        direct.ended,
+    )
     b = await client.submit("boom", 0)
     with pytest.raises(aioflow.RunFailed):
         await client.result(b, timeout=T)
