@@ -10,12 +10,26 @@ import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.served import Served, served
 
-__all__ = ["Served", "browser", "needs_chromium", "page", "served"]
+__all__ = ["Served", "browser", "csp", "needs_chromium", "page", "served"]
+
+CSP = "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'"
+
+
+@web.middleware
+async def csp(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A strict Content-Security-Policy on every answer (as issue 9's gateway sends):
+    an inline script, handler or style attribute in the page becomes a console error."""
+    resp: web.StreamResponse = await handler(request)
+    resp.headers["Content-Security-Policy"] = CSP
+    return resp
+
 
 CHROMIUM = shutil.which("chromium")
 ARGS = [

@@ -5,6 +5,7 @@ the API-token prompt, and no console error anywhere."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,14 +18,24 @@ import pytest_asyncio
 from aiohttp import web
 
 import aioflow
-from tests.browser import browser, needs_chromium, page, served
+from tests.browser import Console, Served, browser, csp, needs_chromium, page, served
 from tests.helpers import wait_until
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser
+    from playwright.async_api import Browser, Page
 
 # one browser for the module: launching Chromium costs seconds
 pytestmark = [needs_chromium, pytest.mark.asyncio(loop_scope="module")]
+
+
+@contextlib.asynccontextmanager
+async def dashboard(
+    redis_url: str, chromium: Browser, *middlewares: Any, **settings: Any
+) -> AsyncIterator[tuple[Served, Page, Console]]:
+    """The test flows served under a strict CSP, and a page on their dashboard."""
+    async with served(flows(), redis_url, middlewares=[csp, *middlewares], **settings) as srv:
+        async with page(chromium, srv.base) as (pg, console):
+            yield srv, pg, console
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -117,7 +128,10 @@ async def state(base: str, flow: str, run_id: str, **headers: str) -> dict[str, 
 async def test_nothing_is_loading_before_a_flow_is_chosen(
     redis_url: str, chromium: Browser
 ) -> None:
-    async with served(flows(), redis_url) as srv, page(chromium, srv.base) as (pg, console):
+    async with (
+        served(flows(), redis_url, middlewares=[csp]) as srv,
+        page(chromium, srv.base) as (pg, console),
+    ):
         await pg.locator("#flows a", has_text="ui-steps").wait_for()
         assert await pg.locator("#empty").is_visible()
         assert not await pg.locator("#split").is_visible()
@@ -135,7 +149,10 @@ async def test_start_a_run_watch_it_live_and_open_its_timeline(
     redis_url: str, chromium: Browser
 ) -> None:
     gate = Gate.reset()
-    async with served(flows(), redis_url) as srv, page(chromium, srv.base) as (pg, console):
+    async with (
+        served(flows(), redis_url, middlewares=[csp]) as srv,
+        page(chromium, srv.base) as (pg, console),
+    ):
         await pg.locator("#flows a", has_text="ui-steps").click()
         await pg.locator("#dag svg").first.wait_for()
         await pg.locator("#runs", has_text="no runs yet").wait_for()
@@ -182,7 +199,10 @@ async def test_start_a_run_watch_it_live_and_open_its_timeline(
 
 async def test_pause_resume_and_stop_from_the_page(redis_url: str, chromium: Browser) -> None:
     gate = Gate.reset()
-    async with served(flows(), redis_url) as srv, page(chromium, srv.base) as (pg, console):
+    async with (
+        served(flows(), redis_url, middlewares=[csp]) as srv,
+        page(chromium, srv.base) as (pg, console),
+    ):
         await pg.locator("#flows a", has_text="ui-hold").click()
         await pg.click("#startBtn")
         await wait_until(status_in(pg, "running"), timeout=T, what="running")
@@ -243,25 +263,24 @@ async def test_dashboard_asks_for_a_token_keeps_it_for_the_tab_and_forgets_it(
     Gate.reset().set()
     extra = _tokens_setting()
     mws = [] if extra else [bearer_stand_in]
-    async with served(flows(), redis_url, middlewares=mws, **extra) as srv:
-        async with page(chromium, srv.base) as (pg, console):
-            await pg.locator("#tokenBox").wait_for()
-            assert "needs an API token" in await text_of(pg, "#tokenWhy")
-            await pg.fill("#tokenInput", TOKEN)
-            await pg.click("#tokenForm button[type=submit]")
-            await pg.locator("#flows a", has_text="ui-steps").click()
-            await pg.click("#startBtn")
-            await wait_until(status_in(pg, "completed"), timeout=T, what="run with a token")
-            assert await pg.evaluate("sessionStorage.getItem('aioflow.token')") == TOKEN
-            assert await pg.locator("#tokenBox").is_hidden()
+    async with dashboard(redis_url, chromium, *mws, **extra) as (_, pg, console):
+        await pg.locator("#tokenBox").wait_for()
+        assert "needs an API token" in await text_of(pg, "#tokenWhy")
+        await pg.fill("#tokenInput", TOKEN)
+        await pg.click("#tokenForm button[type=submit]")
+        await pg.locator("#flows a", has_text="ui-steps").click()
+        await pg.click("#startBtn")
+        await wait_until(status_in(pg, "completed"), timeout=T, what="run with a token")
+        assert await pg.evaluate("sessionStorage.getItem('aioflow.token')") == TOKEN
+        assert await pg.locator("#tokenBox").is_hidden()
 
-            await pg.click("#forgetToken")
-            assert await pg.evaluate("sessionStorage.getItem('aioflow.token')") is None
-            await pg.reload()
-            await pg.locator("#tokenBox").wait_for()
-            # the browser logs each refused request; nothing else may go wrong
-            others = [e for e in console.errors if "status of 401" not in e]
-            assert others == []
+        await pg.click("#forgetToken")
+        assert await pg.evaluate("sessionStorage.getItem('aioflow.token')") is None
+        await pg.reload()
+        await pg.locator("#tokenBox").wait_for()
+        # the browser logs each refused request; nothing else may go wrong
+        others = [e for e in console.errors if "status of 401" not in e]
+        assert others == []
 
 
 async def test_timeline_draws_queue_wait_runs_retries_and_failures(
@@ -308,7 +327,10 @@ async def test_timeline_draws_queue_wait_runs_retries_and_failures(
     async def fulfil(route: Any) -> None:
         await route.fulfill(status=200, content_type="application/json", body=orjson.dumps(doc))
 
-    async with served(flows(), redis_url) as srv, page(chromium, srv.base) as (pg, console):
+    async with (
+        served(flows(), redis_url, middlewares=[csp]) as srv,
+        page(chromium, srv.base) as (pg, console),
+    ):
         await pg.route("**/flow/ui-steps/run/fixed-run", fulfil)
         await pg.goto(srv.base + "/#/flow/ui-steps/run/fixed-run")
         await pg.click("#tab-timeline")
