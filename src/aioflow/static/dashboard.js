@@ -505,6 +505,7 @@ function vertexTable(verts) {
 }
 
 // ---------- timeline (Gantt) of a run's vertices, from started/ended/queued/queue_wait ----------
+const TIMELINE_ROWS = 300;
 const num = (x) => (typeof x === "number" && isFinite(x) ? x : null);
 function vtimes(v) {
   const started = num(v.started), ended = num(v.ended), qw0 = num(v.queue_wait);
@@ -531,10 +532,12 @@ function timeline(d, verts) {
   const last = (r) => (r.t.ended != null ? r.t.ended
     : r.t.started != null && live && r.v.status === "running" ? now : (r.t.started != null ? r.t.started : r.t.queued));
   rows.sort((a, b) => (first(a) - first(b)) || (a.addr < b.addr ? -1 : 1));
-  const t0 = Math.min(...rows.map(first));
-  let t1 = Math.max(...rows.map(last));
+  const t0 = rows.reduce((m, r) => Math.min(m, first(r)), Infinity);
+  let t1 = rows.reduce((m, r) => Math.max(m, last(r)), -Infinity);
+  const hidden = Math.max(0, rows.length - TIMELINE_ROWS);
+  rows.length = Math.min(rows.length, TIMELINE_ROWS);  // a wide foreach: the first ones
   if (!(t1 > t0)) t1 = t0 + 0.001;
-  const LW = Math.min(320, Math.max(110, 16 + 7 * Math.max(...rows.map((r) => r.addr.length))));
+  const LW = Math.min(320, Math.max(110, 16 + 7 * rows.reduce((m, r) => Math.max(m, r.addr.length), 0)));
   const avail = ($("secRun") && $("secRun").clientWidth) || 800;  // fit the panel
   const W = Math.max(240, avail - LW - 90), RH = 22, TOP = 24, span = t1 - t0;
   const x = (t) => LW + ((t - t0) / span) * W;
@@ -570,7 +573,8 @@ function timeline(d, verts) {
   });
   return h("div", {id: "timeline", class: "mt8"},
     h("div", {class: "legend"}, "pale = waiting in the queue · solid = running (last attempt) · \u27f3N = N attempts · \u2715 = failed · span " + fmtSpan(span)),
-    h("div", {class: "dagwrap"}, svg));
+    h("div", {class: "dagwrap"}, svg),
+    hidden ? h("div", {class: "muted"}, hidden + " later vertices not drawn (see Vertices)") : null);
 }
 
 // ---------- start form ----------
