@@ -215,12 +215,12 @@ async def _dlq(action: str, dead_letter_id: str | None, url: str | None) -> int:
 
     async with Client(url) as c:
         if action == "list":
-            for d in await c.engine.dead_letters():
+            for d in await c.dead_letters():
                 sys.stdout.write(codec.dumps(d).decode() + "\n")
             return 0
         if not dead_letter_id:
             raise ConfigError("aioflow dlq replay needs the dead letter id")
-        run_id = await c.engine.replay(dead_letter_id)
+        run_id = await c.replay(dead_letter_id)
         sys.stdout.write(f"{dead_letter_id}: replayed, run {run_id} running\n")
     return 0
 
