@@ -399,7 +399,8 @@ async function refreshCounts() {
   if (key === S.countsKey) return;
   S.countsKey = key;
   fill($("counts"), runs.length ? [
-    h("span", {class: "muted"}, (data.next_cursor ? "latest " + runs.length : "all " + runs.length) + " runs:"),
+    h("span", {class: "muted"}, (data.next_cursor ? "latest " + runs.length + " runs:"
+      : runs.length === 1 ? "1 run:" : "all " + runs.length + " runs:")),
     RUN_STATUSES.filter((st) => c[st]).map((st) => h("button", {class: "badge countbtn st-" + st, "data-status": st,
       title: "show only " + st + " runs", onclick: () => setFilter(st)}, st + " " + c[st]))] : []);
 }
