@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.argv[1:] if argv is None else argv,
                 app_spec=args.app,
                 redis_url=app.settings.redis_url,
-                data_dir=args.data_dir,
+                own_redis=lambda: _own_redis(args.data_dir),
             )
         return _dev(app, args.data_dir, cluster=args.cluster, replicas=args.replicas)
     except AioflowError as e:

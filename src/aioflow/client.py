@@ -107,7 +107,8 @@ class Client:
         except UnknownFlow:
             if not isinstance(flow, Flow):
                 raise
-        await register(self.redis, [flow])
+        await self.engine.start()
+        await register(self.engine.redis, [flow], fast=self.engine.fast)
         return await call()
 
     async def __aenter__(self) -> Client:

@@ -8,11 +8,11 @@ import contextlib
 import logging
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
-from .redis_server import RedisServer, free_port
 
 log = logging.getLogger("aioflow.reload")
 
@@ -25,23 +25,20 @@ def _child_argv(argv: Sequence[str], redis_url: str | None) -> list[str]:
 
 
 def run_reloading(
-    argv: Sequence[str], *, app_spec: str, redis_url: str | None, data_dir: str
+    argv: Sequence[str], *, app_spec: str, redis_url: str | None, own_redis: Callable[[], Any]
 ) -> int:
     """Run ``aioflow dev`` (``argv`` without ``--reload``) until Ctrl-C, restarting it
     on changes to ``*.py`` files under the working directory and the app's own
-    directory. Raises ConfigError when watchfiles is not installed."""
+    directory. Without ``redis_url``, ``own_redis()`` starts the Redis (an object with
+    ``url`` and ``stop()``) that every restart uses. Raises ConfigError when
+    watchfiles is not installed."""
     try:
         import watchfiles
     except ImportError:
         raise ConfigError(
             "aioflow dev --reload needs watchfiles: pip install 'aioflow[reload]'"
         ) from None
-    server: RedisServer | None = None
-    if not redis_url:
-        server = RedisServer(dir=Path(data_dir) / "redis", port=free_port(), appendonly=True)
-        server.start()
-        (Path(data_dir) / "redis.url").write_text(server.url + "\n")
-        log.info("started redis-server %s (kept across reloads)", server.url)
+    server = None if redis_url else own_redis()
     paths = {Path.cwd()}
     target = app_spec.partition(":")[0]
     if target.endswith(".py"):
