@@ -289,7 +289,7 @@ async def test_timeline_draws_queue_wait_runs_retries_and_failures(
     """The Gantt from the state's per-vertex ``queued``/``queue_wait``/``started``/``ended``
     (here a fixed state served in place of the gateway's, so every mark is known)."""
     t = 1_790_000_000.0
-    doc = {
+    doc: dict[str, Any] = {
         "run_id": "fixed-run",
         "flow": "ui-steps",
         "status": "failed",
@@ -324,14 +324,21 @@ async def test_timeline_draws_queue_wait_runs_retries_and_failures(
         "error": {"vertex": "match", "type": "ValueError", "message": "no", "attempts": 1},
     }
 
-    async def fulfil(route: Any) -> None:
-        await route.fulfill(status=200, content_type="application/json", body=orjson.dumps(doc))
+    # the same run still going: detect runs, mark waits in the queue
+    live = {**doc, "status": "running", "ended": None, "run_id": "fixed-live"}
+    live["vertices"] = {
+        **doc["vertices"],
+        "detect": {"status": "running", "attempts": 1, "started": t + 0.4},
+        "mark": {"status": "parked", "attempts": 0, "queued": t + 0.6},
+    }
+    del live["error"]
 
-    async with (
-        served(flows(), redis_url, middlewares=[csp]) as srv,
-        page(chromium, srv.base) as (pg, console),
-    ):
-        await pg.route("**/flow/ui-steps/run/fixed-run", fulfil)
+    async def fulfil(route: Any) -> None:
+        body = live if route.request.url.endswith("fixed-live") else doc
+        await route.fulfill(status=200, content_type="application/json", body=orjson.dumps(body))
+
+    async with dashboard(redis_url, chromium) as (srv, pg, console):
+        await pg.route("**/flow/ui-steps/run/fixed-*", fulfil)
         await pg.goto(srv.base + "/#/flow/ui-steps/run/fixed-run")
         await pg.click("#tab-timeline")
         await pg.locator("#timeline svg").wait_for()
@@ -351,4 +358,11 @@ async def test_timeline_draws_queue_wait_runs_retries_and_failures(
         )
         if os.environ.get("AIOFLOW_SCREENSHOT_FIXED"):
             await pg.screenshot(path=os.environ["AIOFLOW_SCREENSHOT_FIXED"], full_page=True)
+
+        await pg.goto(srv.base + "/#/flow/ui-steps/run/fixed-live")
+        await pg.locator("#timeline g.trow[data-addr=mark]").wait_for()
+        mark = pg.locator("#timeline g.trow[data-addr=mark]")
+        assert await mark.locator("rect.tq").count() == 1  # waiting: pale, up to now
+        assert await mark.locator("rect.tb").count() == 0  # never started: no bar
+        assert await pg.locator("#timeline g.trow[data-addr=detect] rect.ts-running").count() == 1
         assert console.errors == []

@@ -530,8 +530,10 @@ function timeline(d, verts) {
   }
   const now = Date.now() / 1000, live = !TERMINAL.has(d.status);
   const first = (r) => (r.t.queued != null ? r.t.queued : r.t.started);
+  const waiting = (r) => live && r.t.started == null && r.t.queued != null;  // queued, not started yet
   const last = (r) => (r.t.ended != null ? r.t.ended
-    : r.t.started != null && live && r.v.status === "running" ? now : (r.t.started != null ? r.t.started : r.t.queued));
+    : r.t.started != null && live && r.v.status === "running" ? now
+      : r.t.started != null ? r.t.started : waiting(r) ? now : r.t.queued);
   rows.sort((a, b) => (first(a) - first(b)) || (a.addr < b.addr ? -1 : 1));
   const t0 = rows.reduce((m, r) => Math.min(m, first(r)), Infinity);
   let t1 = rows.reduce((m, r) => Math.max(m, last(r)), -Infinity);
@@ -561,8 +563,9 @@ function timeline(d, verts) {
     const g = s("g", {class: "trow" + (att > 1 ? " retried" : "") + (st === "failed" ? " failed" : ""), "data-addr": r.addr},
       s("title", {}, tip),
       s("text", {class: "tlabel", x: LW - 8, y: y + 15, "text-anchor": "end"}, r.addr));
-    if (r.t.queued != null && r.t.started != null && r.t.started > r.t.queued) {
-      g.appendChild(s("rect", {class: "tq", x: x(r.t.queued), y: y + 6, width: Math.max(1, x(r.t.started) - x(r.t.queued)), height: 10}));
+    const qEnd = r.t.started != null ? r.t.started : waiting(r) ? now : null;
+    if (r.t.queued != null && qEnd != null && qEnd > r.t.queued) {
+      g.appendChild(s("rect", {class: "tq", x: x(r.t.queued), y: y + 6, width: Math.max(1, x(qEnd) - x(r.t.queued)), height: 10}));
     }
     if (r.t.started != null) {
       const bx = x(r.t.started), bw = Math.max(2, x(last(r)) - bx);
