@@ -44,14 +44,15 @@ async def test_client_uses_the_dev_url_file(
 
 
 async def test_flow_object_submit_registers_it_and_runs_once_a_worker_starts(
-    redis_url: str,
+    any_redis_url: str,
 ) -> None:
+    redis_url = any_redis_url
     flow = squares()
     async with aioflow.Client(redis_url) as client:
         with pytest.raises(aioflow.UnknownFlow):
             await client.submit(flow.name, 3)  # by name: nothing to register
         rid = await client.submit(flow, 4)  # nothing registered: the object is
-        assert await client.redis.hexists("af:flows", flow.name)
+        assert await client.engine.redis.hexists("af:flows", flow.name)
         with pytest.raises(aioflow.ResultTimeout):
             await client.result(rid, timeout=0.05)  # no worker yet: it waits
         redis = connect(redis_url)
