@@ -16,6 +16,8 @@ DOCUMENTED = [
     "DefinitionError",
     "Flow",
     "Forbidden",
+    "GatewayError",
+    "GatewayUnavailable",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import codec, keys
+from . import cli_client, codec, keys
 from .app import App, connect
 from .engine import Engine
 from .errors import AioflowError, ConfigError
@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster", type=int, default=None, metavar="N", help="own Redis Cluster of N masters"
     )
     sp.add_argument("--replicas", type=int, default=0, help="replicas per master (--cluster)")
+    sp.add_argument("--reload", action="store_true", help="restart on code changes (watchfiles)")
     sp = sub.add_parser("run", help="pause, resume or stop a run")
     sp.add_argument("action", choices=["pause", "resume", "stop", "retry", "state"])
     sp.add_argument("run_id")
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["list", "replay"])
     sp.add_argument("id", nargs="?", help="dead letter id (replay)")
     sp.add_argument("--redis-url", default=None)
+    cli_client.add_parsers(sub)
     return p
 
 
@@ -216,12 +218,12 @@ async def _dlq(action: str, dead_letter_id: str | None, url: str | None) -> int:
 
     async with Client(url) as c:
         if action == "list":
-            for d in await c.engine.dead_letters():
+            for d in await c.dead_letters():
                 sys.stdout.write(codec.dumps(d).decode() + "\n")
             return 0
         if not dead_letter_id:
             raise ConfigError("aioflow dlq replay needs the dead letter id")
-        run_id = await c.engine.replay(dead_letter_id)
+        run_id = await c.replay(dead_letter_id)
         sys.stdout.write(f"{dead_letter_id}: replayed, run {run_id} running\n")
     return 0
 
@@ -236,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: _control(args.action, args.run_id, args.redis_url))
         if args.command == "dlq":
             return _run(lambda: _dlq(args.action, args.id, args.redis_url))
+        if args.command == "submit":
+            return _run(lambda: cli_client.submit(args))
+        if args.command == "runs":
+            return _run(lambda: cli_client.runs(args))
         app = load_app(args.app)
         overrides = {
             k: getattr(args, k, None)
@@ -256,6 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.health:
                 return _run(lambda: _health(app))
             return _run(lambda: _serve(app, worker=True, gateway=False))
+        if args.reload:
+            if args.cluster:
+                raise ConfigError(
+                    "--reload does not start a cluster: run `aioflow dev --cluster N` once "
+                    "and pass its URL with --redis-url"
+                )
+            from .reload import run_reloading
+
+            return run_reloading(
+                sys.argv[1:] if argv is None else argv,
+                app_spec=args.app,
+                redis_url=app.settings.redis_url,
+                own_redis=lambda: _own_redis(args.data_dir),
+            )
         return _dev(app, args.data_dir, cluster=args.cluster, replicas=args.replicas)
     except AioflowError as e:
         sys.stderr.write(f"aioflow: {e}\n")

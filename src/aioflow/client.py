@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -9,8 +10,9 @@ from redis.asyncio import Redis
 
 from . import tracing
 from .app import connect
-from .engine import Engine, translate
-from .errors import ConfigError
+from .engine import Engine, register, translate
+from .errors import ConfigError, UnknownFlow
+from .http_client import HttpClient
 from .keys import RunId
 from .model import Flow
 from .settings import Settings
@@ -21,14 +23,41 @@ def _name(flow: str | Flow) -> str:
     return flow.name if isinstance(flow, Flow) else flow
 
 
+DEV_URL_FILE = Path(".aioflow") / "redis.url"
+
+
+def default_url() -> str:
+    """``AIOFLOW_REDIS_URL``, else the ``.aioflow/redis.url`` that ``aioflow dev`` wrote
+    in the working directory; raises ConfigError when there is neither."""
+    url = Settings.from_env().redis_url
+    if url:
+        return url
+    try:
+        url = DEV_URL_FILE.read_text().strip()
+    except FileNotFoundError:
+        url = ""
+    if not url:
+        raise ConfigError(
+            "Client() found no Redis: pass a URL (redis://... or http(s)://gateway), set "
+            f"AIOFLOW_REDIS_URL, or start `aioflow dev` here (it writes {DEV_URL_FILE})"
+        )
+    return url
+
+
 class Client:
     """``async with aioflow.Client("redis://...") as client:`` — runs flows.
 
-    Pass a URL or an existing ``redis`` client (which the client will not close).
+    Pass a ``redis://`` URL (direct), an ``http(s)://`` gateway URL (with
+    ``token=`` when the gateway wants one; the same methods over HTTP, see
+    :class:`~aioflow.http_client.HttpClient`), or an existing ``redis`` client
+    (which the client will not close). With none, ``AIOFLOW_REDIS_URL`` is used,
+    then the ``.aioflow/redis.url`` that ``aioflow dev`` writes in the working
+    directory; :class:`~aioflow.ConfigError` when there is no such thing.
     Raises :class:`~aioflow.UnknownFlow` for a flow no worker or gateway has
-    registered, :class:`~aioflow.RunFailed` / :class:`~aioflow.RunStopped` for
-    runs that did not complete, :class:`~aioflow.RedisUnavailable` when Redis
-    cannot be reached.
+    registered (submitting a :class:`~aioflow.Flow` object registers it instead),
+    :class:`~aioflow.RunFailed` / :class:`~aioflow.RunStopped` for runs that did
+    not complete, :class:`~aioflow.RedisUnavailable` when Redis (or, over HTTP,
+    the gateway: :class:`~aioflow.GatewayUnavailable`) cannot be reached.
     """
 
     def __init__(
@@ -37,18 +66,20 @@ class Client:
         *,
         redis: Redis | None = None,
         result_ttl: float | None = None,
+        token: str | None = None,
     ) -> None:
+        self._http: HttpClient | None = None
+        self._owned = False
         if redis is None:
-            url = redis_url or Settings.from_env().redis_url
-            if not url:
-                raise ConfigError("Client needs a redis_url (or AIOFLOW_REDIS_URL)")
+            url = redis_url or default_url()
+            if url.startswith(("http://", "https://")):
+                self._http = HttpClient(url, token=token)
+                return
             redis = connect(url)
             self._owned = True
-        else:
-            self._owned = False
-        self.redis = redis
+        self._redis = redis
         env = Settings.from_env()
-        self.engine = Engine(
+        self._engine = Engine(
             redis,
             result_ttl=result_ttl or env.result_ttl,
             tracing=tracing.configure(env.tracing, role="client"),
@@ -56,6 +87,30 @@ class Client:
             submit_replicas_timeout=env.submit_replicas_timeout,
             max_value=env.max_value,
         )
+
+    @property
+    def redis(self) -> Redis:
+        """The Redis client (not in HTTP mode: ConfigError)."""
+        if self._http is not None:
+            raise ConfigError("an HTTP client has no Redis connection")
+        return self._redis
+
+    @property
+    def engine(self) -> Engine:
+        if self._http is not None:
+            raise ConfigError("an HTTP client has no engine")
+        return self._engine
+
+    async def _registering(self, flow: str | Flow, call: Any) -> Any:
+        """``call()``; on UnknownFlow for a Flow object, register it and call again."""
+        try:
+            return await call()
+        except UnknownFlow:
+            if not isinstance(flow, Flow):
+                raise
+        await self.engine.start()
+        await register(self.engine.redis, [flow], fast=self.engine.fast)
+        return await call()
 
     async def __aenter__(self) -> Client:
         return self
@@ -69,6 +124,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            return
         await self.engine.close()
         if self._owned:
             await self.redis.aclose()
@@ -86,9 +144,19 @@ class Client:
         """Start a run and return its id without waiting. ``run_id`` names the run
         (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
         second run starts. ``options`` become ``ctx.options``; ``delay`` defers
-        the start by that many seconds. ``callback_url`` gets a POST of the
-        result or error when the run ends (see the README)."""
-        async with translate():
+        the start by that many seconds (not over HTTP). ``callback_url`` gets a
+        POST of the result or error when the run ends (see the README)."""
+        if self._http is not None:
+            return await self._http.submit(
+                _name(flow),
+                data,
+                run_id=run_id,
+                options=options,
+                delay=delay,
+                callback_url=callback_url,
+            )
+
+        async def call() -> str:
             rid, _ = await self.engine.submit(
                 _name(flow),
                 data,
@@ -98,6 +166,9 @@ class Client:
                 callback_url=callback_url,
             )
             return str(rid)
+
+        async with translate():
+            return str(await self._registering(flow, call))
 
     async def execute(
         self,
@@ -111,7 +182,17 @@ class Client:
     ) -> Any:
         """Start a run and return its result. Raises RunFailed, RunStopped, or
         ResultTimeout after ``timeout`` seconds (the run goes on)."""
-        async with translate():
+        if self._http is not None:
+            return await self._http.execute(
+                _name(flow),
+                data,
+                timeout=timeout,
+                run_id=run_id,
+                options=options,
+                callback_url=callback_url,
+            )
+
+        async def call() -> Any:
             rid, outcome = await self.engine.execute(
                 _name(flow),
                 data,
@@ -122,28 +203,41 @@ class Client:
             )
             return self.engine.unwrap(rid, outcome)
 
+        async with translate():
+            return await self._registering(flow, call)
+
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for a run's result (forever when ``timeout`` is None)."""
+        if self._http is not None:
+            return await self._http.result(run_id, timeout)
         async with translate():
             return self.engine.unwrap(run_id, await self.engine.wait(run_id, timeout))
 
     async def state(self, run_id: str) -> RunState:
         """The run's status, per-vertex status, result or error."""
+        if self._http is not None:
+            return await self._http.state(run_id)
         async with translate():
             return await self.engine.state(run_id)
 
     async def pause(self, run_id: str) -> Status:
         """Start no new vertex of the run until :meth:`resume`; running ones finish."""
+        if self._http is not None:
+            return await self._http.control(run_id, "pause")
         async with translate():
             return await self.engine.control(run_id, "pause")
 
     async def resume(self, run_id: str) -> Status:
         """Continue a paused run where it stood."""
+        if self._http is not None:
+            return await self._http.control(run_id, "resume")
         async with translate():
             return await self.engine.control(run_id, "resume")
 
     async def stop(self, run_id: str) -> Status:
         """End the run ``stopped``: cancel its running nodes, start nothing more."""
+        if self._http is not None:
+            return await self._http.control(run_id, "stop")
         async with translate():
             return await self.engine.control(run_id, "stop")
 
@@ -151,16 +245,22 @@ class Client:
         """Rerun a failed run: its failed vertices and everything downstream run
         again; stored results of vertices that succeeded are reused. Answers the
         number of vertices enqueued; raises InvalidTransition unless failed."""
+        if self._http is not None:
+            return await self._http.retry(run_id)
         async with translate():
             return await self.engine.retry(run_id)
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of every flow: id, run_id, vertex, reason, deliveries."""
+        if self._http is not None:
+            return await self._http.dead_letters(limit)
         async with translate():
             return await self.engine.dead_letters(limit)
 
     async def replay(self, dead_letter_id: str) -> str:
         """Replay a dead letter: its run reruns from the failed vertices. Answers the run id."""
+        if self._http is not None:
+            return await self._http.replay(dead_letter_id)
         async with translate():
             return await self.engine.replay(dead_letter_id)
 
@@ -172,7 +272,10 @@ class Client:
         limit: int = 20,
         cursor: str | None = None,
     ) -> tuple[list[RunState], str | None]:
-        """A page of the flow's runs, newest first, and the cursor of the next page."""
+        """A page of the flow's runs, newest first, and the cursor of the next page.
+        Over HTTP the states carry status, created and ended only."""
+        if self._http is not None:
+            return await self._http.runs(_name(flow), status=status, limit=limit, cursor=cursor)
         async with translate():
             return await self.engine.runs(_name(flow), status=status, limit=limit, cursor=cursor)
 

@@ -19,7 +19,9 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── RunStopped           the run was stopped before it finished
     ├── ResultTimeout        waiting for a result took longer than asked (also a TimeoutError)
     ├── NodeTimeout          a node attempt ran past its ``timeout`` (seen inside RunFailed)
-    └── RedisUnavailable     Redis cannot be reached (connection refused, dropped, timed out)
+    ├── RedisUnavailable     Redis cannot be reached (connection refused, dropped, timed out)
+    │   └── GatewayUnavailable  (HTTP client) the gateway or its Redis cannot be reached
+    └── GatewayError         (HTTP client) the gateway refused a request: auth, limits...
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = [
     "ConfigError",
     "DefinitionError",
     "Forbidden",
+    "GatewayError",
+    "GatewayUnavailable",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",
@@ -158,3 +162,20 @@ class NodeTimeout(AioflowError):
 
 class RedisUnavailable(AioflowError):
     """Redis could not be reached; the operation may be retried once it is back."""
+
+
+class GatewayUnavailable(RedisUnavailable):
+    """(HTTP client) The gateway cannot be reached, or answered that its Redis cannot
+    (503): retry later. A :class:`RedisUnavailable`, so one ``except`` serves both modes."""
+
+
+class GatewayError(AioflowError):
+    """(HTTP client) The gateway answered an error no other exception stands for —
+    401/403 (token missing, unknown or too weak), 413 (body too large)... ``status`` is
+    the HTTP status, ``code`` and ``detail`` the JSON error's fields."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        super().__init__(f"gateway answered {status} {code}: {detail}")

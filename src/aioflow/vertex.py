@@ -476,7 +476,11 @@ class Executor:
         self._queue(m, ["X", codec.dumps(err), "", ""], mode="r", vstatus="failed")
 
     def handback_ops(self, m: Msg) -> list[Any]:
-        # not counted against retries: the attempt counter goes back
-        return ["E", m.addr, m.kind, m.data or b"", "S", f"a:{m.addr}", max(0, m.attempt - 1), ""]
+        # not counted against retries: the attempt counter goes back (a group's close
+        # never counted one)
+        ops: list[Any] = ["E", m.addr, m.kind, m.data or b""]
+        if m.kind != "c":
+            ops += ["S", f"a:{m.addr}", max(0, m.attempt - 1), ""]
+        return ops
 
     # -- completing -------------------------------------------------------------------

@@ -52,7 +52,13 @@ while i <= #ARGV do
         else  -- running, or the hooks of a finished run (no status change)
           redis.call('HSET', run, 's:' .. addr, 'running', tf, tv)
         end
-        local attempt = redis.call('HINCRBY', run, 'a:' .. addr, 1)
+        -- closing a group ('c') is the second message of one execution, not an attempt
+        local attempt
+        if kind == 'c' then
+          attempt = tonumber(redis.call('HGET', run, 'a:' .. addr)) or 1
+        else
+          attempt = redis.call('HINCRBY', run, 'a:' .. addr, 1)
+        end
         res = {'go', attempt}
         if n > 0 then
           local vals = redis.call('HMGET', run, unpack(ARGV, base + 1, base + n))

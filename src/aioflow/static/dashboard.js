@@ -1,10 +1,11 @@
 "use strict";
 const RUN_STATUSES = ["pending", "running", "paused", "stopped", "completed", "failed"];
-const VERTEX_STATUSES = ["running", "completed", "failed", "parked"];
+const VERTEX_STATUSES = ["running", "completed", "failed", "parked", "retrying", "stopped"];
 const TERMINAL = new Set(["completed", "failed", "stopped"]);
 const WILD = "\u0001"; // placeholder for an unknown foreach key in address templates
 const S = {flow: null, run: null, def: null, cursors: [""], nextCursor: null, filter: "",
-  runsKey: null, runKey: null, runData: null, vboxes: [], ticks: 0};
+  runsKey: null, runKey: null, runData: null, vboxes: [], ticks: 0, view: "timeline", countsKey: null};
+const TOKEN_KEY = "aioflow.token";
 
 // ---------- DOM helpers (text is always inserted as text nodes; no innerHTML) ----------
 const $ = (id) => document.getElementById(id);
@@ -47,8 +48,37 @@ function say(text, isErr) {
 const errText = (e) => (e && typeof e === "object" && e.error)
   ? String(e.error) + (e.detail ? ": " + String(e.detail) : "") : String(e);
 
+// ---------- API token (issue 9): asked for on 401, kept for this tab only ----------
+function token() { try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; } }
+function showAuth() {
+  const t = token();
+  $("auth").hidden = !t;
+}
+function askToken(why) {
+  $("tokenWhy").textContent = why;
+  $("tokenBox").hidden = false;
+  $("tokenInput").focus();
+}
+function useToken(ev) {
+  ev.preventDefault();
+  const t = $("tokenInput").value.trim();
+  if (!t) return;
+  try { sessionStorage.setItem(TOKEN_KEY, t); } catch (_) { /* storage disabled: nothing kept */ }
+  $("tokenInput").value = "";
+  $("tokenBox").hidden = true;
+  showAuth();
+  reloadAll();
+}
+function forgetToken() {
+  try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* nothing kept */ }
+  showAuth();
+  say("token forgotten for this tab", false);
+}
+
 async function api(method, path, body, headers) {
-  const opt = {method, headers: headers || {}};
+  const opt = {method, headers: Object.assign({}, headers || {})};
+  const t = token();
+  if (t) opt.headers.Authorization = "Bearer " + t;
   if (body !== undefined) opt.body = body;
   let resp;
   try { resp = await fetch(path, opt); }
@@ -59,6 +89,11 @@ async function api(method, path, body, headers) {
   if (!resp.ok) {
     const err = (data && typeof data === "object") ? data : {error: "http_" + resp.status, detail: String(text)};
     err.httpStatus = resp.status;
+    if (resp.status === 401) {
+      askToken(t ? "The gateway refused this token (" + errText(err) + ")." : "The gateway needs an API token.");
+    } else if (resp.status === 403) {
+      err.detail = (err.detail ? err.detail + " — " : "") + "this token's scope is too weak for that";
+    }
     throw err;
   }
   return data;
@@ -317,7 +352,7 @@ async function loadDef() {
 
 // ---------- runs list ----------
 async function refreshRuns() {
-  if (!S.flow) return;
+  if (!S.flow) return "stop";
   const flow = S.flow, cursor = S.cursors[S.cursors.length - 1], filter = S.filter;
   const q = new URLSearchParams({limit: "20"});
   if (filter) q.set("status", filter);
@@ -326,18 +361,18 @@ async function refreshRuns() {
   try { data = await api("GET", flowPath(flow) + "/runs?" + q); }
   catch (e) {
     if (flow === S.flow) fill($("runs"), h("span", {class: "muted"}, "error: " + errText(e)));
-    return;
+    return "same";
   }
-  if (flow !== S.flow || filter !== S.filter || cursor !== S.cursors[S.cursors.length - 1]) return;
+  if (flow !== S.flow || filter !== S.filter || cursor !== S.cursors[S.cursors.length - 1]) return "same";
   S.nextCursor = data && data.next_cursor ? String(data.next_cursor) : null;
   $("older").disabled = !S.nextCursor;
   $("newer").disabled = S.cursors.length <= 1;
   $("pageInfo").textContent = "page " + S.cursors.length;
   const key = JSON.stringify(data);
-  if (key === S.runsKey) { markRuns(); return; }
+  if (key === S.runsKey) { markRuns(); return "same"; }
   S.runsKey = key;
   const runs = (data && Array.isArray(data.runs)) ? data.runs : [];
-  if (!runs.length) { fill($("runs"), h("span", {class: "muted"}, filter ? "no " + filter + " runs" : "no runs yet")); return; }
+  if (!runs.length) { fill($("runs"), h("span", {class: "muted"}, filter ? "no " + filter + " runs" : "no runs yet")); return "changed"; }
   fill($("runs"), h("table", {},
     h("thead", {}, h("tr", {}, h("th", {}, "run"), h("th", {}, "status"), h("th", {}, "created"), h("th", {}, "took"))),
     h("tbody", {}, runs.map((r) => h("tr", {class: "click", "data-run": r.run_id,
@@ -346,6 +381,34 @@ async function refreshRuns() {
       h("td", {}, badge(r.status)), h("td", {}, fmtTime(r.created)),
       h("td", {class: "muted"}, r.ended == null ? (TERMINAL.has(r.status) ? "" : "…") : fmtDur(r.created, r.ended)))))));
   markRuns();
+  return "changed";
+}
+
+// counts by status over the flow's latest runs (the API has no status index to count all)
+const COUNT_WINDOW = 200;
+async function refreshCounts() {
+  const flow = S.flow;
+  if (!flow) return;
+  let data;
+  try { data = await api("GET", flowPath(flow) + "/runs?limit=" + COUNT_WINDOW); } catch (_) { return; }
+  if (flow !== S.flow) return;
+  const runs = (data && Array.isArray(data.runs)) ? data.runs : [];
+  const c = {};
+  for (const r of runs) c[r.status] = (c[r.status] || 0) + 1;
+  const key = JSON.stringify(c) + (data && data.next_cursor ? "+" : "");
+  if (key === S.countsKey) return;
+  S.countsKey = key;
+  fill($("counts"), runs.length ? [
+    h("span", {class: "muted"}, (data.next_cursor ? "latest " + runs.length + " runs:"
+      : runs.length === 1 ? "1 run:" : "all " + runs.length + " runs:")),
+    RUN_STATUSES.filter((st) => c[st]).map((st) => h("button", {class: "badge countbtn st-" + st, "data-status": st,
+      title: "show only " + st + " runs", onclick: () => setFilter(st)}, st + " " + c[st]))] : []);
+}
+function setFilter(st) {
+  $("filter").value = st;
+  S.filter = st; S.cursors = [""]; S.runsKey = null;
+  fill($("runs"), h("span", {class: "muted"}, "loading…"));
+  runsPoll.kick();
 }
 function markRuns() {
   for (const tr of $("runs").querySelectorAll("tr[data-run]")) tr.classList.toggle("sel", tr.getAttribute("data-run") === S.run);
@@ -353,7 +416,7 @@ function markRuns() {
 
 // ---------- run detail ----------
 async function refreshRun() {
-  if (!S.flow || !S.run) return;
+  if (!S.flow || !S.run) return "stop";
   const flow = S.flow, run = S.run;
   let data;
   try { data = await api("GET", flowPath(flow) + "/run/" + enc(run)); }
@@ -361,19 +424,28 @@ async function refreshRun() {
     if (flow !== S.flow || run !== S.run) return;
     S.runKey = null; S.runData = null; colourDag();
     fill($("secRun"), h("h2", {}, "Run ", h("span", {class: "mono"}, run)), h("div", {class: "err-head"}, errText(e)));
-    return;
+    return e && e.httpStatus === 404 ? "stop" : "same";
   }
-  if (flow !== S.flow || run !== S.run) return;
+  if (flow !== S.flow || run !== S.run) return "same";
   const key = JSON.stringify(data);
-  if (key === S.runKey) { updateDuration(); return; }
+  const done = data && TERMINAL.has(data.status) ? "stop" : null;
+  if (key === S.runKey) { updateDuration(); return done || "same"; }
   S.runKey = key;
   S.runData = data;
   renderRun(data);
   colourDag();
+  if (done) runsPoll.kick();  // the list shows the new status at once
+  return done || "changed";
 }
 function updateDuration() {
   const el = $("runDur"), d = S.runData;
-  if (el && d && d.ended == null) el.textContent = fmtDur(d.created, null) + " (so far)";
+  if (!el || !d || d.ended != null) return;
+  el.textContent = fmtDur(d.created, null) + " (so far)";
+  if (S.view === "timeline" && $("runView")) fill($("runView"), timeline(d, vertsOf(d)));  // running bars grow
+}
+function vertsOf(d) {
+  const verts = (d.vertices && typeof d.vertices === "object") ? Object.entries(d.vertices) : [];
+  return verts.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
 }
 async function action(verb) {
   const flow = S.flow, run = S.run;
@@ -384,14 +456,13 @@ async function action(verb) {
   } catch (e) { say(verb + " failed — " + errText(e), true); }
   S.runKey = null;
   S.runsKey = null;
-  refreshRun();
-  refreshRuns();
+  runPoll.kick();
+  runsPoll.kick();
 }
 function renderRun(d) {
   const st = d.status;
   const btn = (verb, label, enabled, cls) => h("button", {class: cls || null, disabled: !enabled, onclick: () => action(verb)}, label);
-  const verts = (d.vertices && typeof d.vertices === "object") ? Object.entries(d.vertices) : [];
-  verts.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const verts = vertsOf(d);
   const parts = [
     h("h2", {}, "Run ", h("span", {class: "mono"}, String(d.run_id ?? S.run)), badge(st), h("span", {class: "grow"}),
       btn("pause", "Pause", st === "running" || st === "pending"),
@@ -412,14 +483,102 @@ function renderRun(d) {
   } else if (d.error != null) {
     parts.push(h("div", {class: "err-head"}, "Error"), h("pre", {class: "err"}, pretty(d.error)));
   }
-  if ("result" in d) parts.push(h("div", {style: "margin-top:8px"}, h("strong", {}, "Result")), h("pre", {}, pretty(d.result)));
-  parts.push(h("div", {style: "margin-top:12px"}, h("strong", {}, "Vertices "), h("span", {class: "muted"}, "(" + verts.length + ")")));
-  parts.push(verts.length ? h("table", {},
-    h("thead", {}, h("tr", {}, h("th", {}, "address"), h("th", {}, "status"), h("th", {}, "attempts"))),
-    h("tbody", {}, verts.map(([addr, v]) => h("tr", {},
-      h("td", {class: "id"}, addr), h("td", {}, badge(v && v.status)), h("td", {}, String(v && v.attempts != null ? v.attempts : "")))))
-  ) : h("div", {class: "muted"}, "no vertex has started yet"));
+  if ("result" in d) parts.push(h("div", {class: "mt8"}, h("strong", {}, "Result")), h("pre", {}, pretty(d.result)));
+  const tab = (view, label) => h("button", {class: "tab" + (S.view === view ? " sel" : ""), id: "tab-" + view,
+    onclick: () => { S.view = view; renderRun(S.runData); }}, label);
+  parts.push(h("div", {class: "tabs"}, tab("timeline", "Timeline"), tab("table", "Vertices"),
+    h("span", {class: "muted"}, "(" + verts.length + ")")));
+  parts.push(h("div", {id: "runView"}, S.view === "timeline" ? timeline(d, verts) : vertexTable(verts)));
   fill($("secRun"), parts);
+}
+function vertexTable(verts) {
+  return verts.length ? h("table", {id: "vtable"},
+    h("thead", {}, h("tr", {}, h("th", {}, "address"), h("th", {}, "status"), h("th", {}, "attempts"),
+      h("th", {}, "queued"), h("th", {}, "ran"))),
+    h("tbody", {}, verts.map(([addr, v]) => {
+      const t = vtimes(v || {});
+      return h("tr", {},
+        h("td", {class: "id"}, addr), h("td", {}, badge(v && v.status)),
+        h("td", {}, String(v && v.attempts != null ? v.attempts : "")),
+        h("td", {class: "muted"}, t.qw == null ? "" : fmtSpan(t.qw)),
+        h("td", {class: "muted"}, t.started == null ? "" : fmtDur(t.started, t.ended)));
+    }))) : h("div", {class: "muted"}, "no vertex has started yet");
+}
+
+// ---------- timeline (Gantt) of a run's vertices, from started/ended/queued/queue_wait ----------
+const TIMELINE_ROWS = 300;
+const num = (x) => (typeof x === "number" && isFinite(x) ? x : null);
+function vtimes(v) {
+  const started = num(v.started), ended = num(v.ended), qw0 = num(v.queue_wait);
+  let queued = num(v.queued);
+  if (queued == null && started != null && qw0 != null) queued = started - qw0;
+  const qw = qw0 != null ? qw0 : (queued != null && started != null ? Math.max(0, started - queued) : null);
+  return {started, ended, queued, qw};
+}
+function fmtSpan(sec) {
+  if (sec < 1) return (sec * 1000).toFixed(sec < 0.01 ? 1 : 0) + " ms";
+  if (sec < 120) return sec.toFixed(sec < 10 ? 2 : 1) + " s";
+  return (sec / 60).toFixed(1) + " min";
+}
+function timeline(d, verts) {
+  const rows = verts.map(([addr, v]) => ({addr, v: v || {}, t: vtimes(v || {})}))
+    .filter((r) => r.t.started != null || r.t.queued != null);
+  if (!rows.length) {
+    return h("div", {id: "timeline", class: "muted mt8"}, verts.length
+      ? "no per-vertex timings in this run's state (this server does not record them)"
+      : "no vertex has started yet");
+  }
+  const now = Date.now() / 1000, live = !TERMINAL.has(d.status);
+  const first = (r) => (r.t.queued != null ? r.t.queued : r.t.started);
+  const waiting = (r) => live && r.t.started == null && r.t.queued != null;  // queued, not started yet
+  const last = (r) => (r.t.ended != null ? r.t.ended
+    : r.t.started != null && live && r.v.status === "running" ? now
+      : r.t.started != null ? r.t.started : waiting(r) ? now : r.t.queued);
+  rows.sort((a, b) => (first(a) - first(b)) || (a.addr < b.addr ? -1 : 1));
+  const t0 = rows.reduce((m, r) => Math.min(m, first(r)), Infinity);
+  let t1 = rows.reduce((m, r) => Math.max(m, last(r)), -Infinity);
+  const hidden = Math.max(0, rows.length - TIMELINE_ROWS);
+  rows.length = Math.min(rows.length, TIMELINE_ROWS);  // a wide foreach: the first ones
+  if (!(t1 > t0)) t1 = t0 + 0.001;
+  const LW = Math.min(320, Math.max(110, 16 + 7 * rows.reduce((m, r) => Math.max(m, r.addr.length), 0)));
+  const avail = ($("secRun") && $("secRun").clientWidth) || 800;  // fit the panel
+  const W = Math.max(240, avail - LW - 90), RH = 22, TOP = 24, span = t1 - t0;
+  const x = (t) => LW + ((t - t0) / span) * W;
+  const height = TOP + rows.length * RH + 6;
+  const svg = s("svg", {class: "gantt", width: LW + W + 60, height, viewBox: "0 0 " + (LW + W + 60) + " " + height, role: "img"});
+  const steps = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
+  const step = steps.find((st) => span / st <= 8) || 7200;
+  for (let k = 0; k * step <= span * 1.0001; k++) {
+    const gx = x(t0 + k * step);
+    svg.appendChild(s("line", {class: "grid", x1: gx, x2: gx, y1: TOP - 6, y2: height - 4}));
+    svg.appendChild(s("text", {class: "tick", x: gx, y: TOP - 10, "text-anchor": "middle"}, k ? "+" + fmtSpan(k * step) : "0"));
+  }
+  rows.forEach((r, i) => {
+    const y = TOP + i * RH, st = safeStatus(r.v.status, VERTEX_STATUSES), att = r.v.attempts || 0;
+    const tip = [r.addr, "status: " + r.v.status, "attempts: " + att,
+      r.t.qw != null ? "queue wait: " + fmtSpan(r.t.qw) : null,
+      r.t.started != null ? "started: +" + fmtSpan(r.t.started - t0) : null,
+      r.t.started != null && r.t.ended != null ? "ran: " + fmtSpan(r.t.ended - r.t.started) : null,
+      att > 1 ? "retried: times are those of the last attempt" : null].filter(Boolean).join("\n");
+    const g = s("g", {class: "trow" + (att > 1 ? " retried" : "") + (st === "failed" ? " failed" : ""), "data-addr": r.addr},
+      s("title", {}, tip),
+      s("text", {class: "tlabel", x: LW - 8, y: y + 15, "text-anchor": "end"}, r.addr));
+    const qEnd = r.t.started != null ? r.t.started : waiting(r) ? now : null;
+    if (r.t.queued != null && qEnd != null && qEnd > r.t.queued) {
+      g.appendChild(s("rect", {class: "tq", x: x(r.t.queued), y: y + 6, width: Math.max(1, x(qEnd) - x(r.t.queued)), height: 10}));
+    }
+    if (r.t.started != null) {
+      const bx = x(r.t.started), bw = Math.max(2, x(last(r)) - bx);
+      g.appendChild(s("rect", {class: "tb ts-" + st, x: bx, y: y + 3, width: bw, height: 16, rx: 2}));
+      const mark = (st === "failed" ? "\u2715 " : "") + (att > 1 ? "\u27f3" + att : "");
+      if (mark) g.appendChild(s("text", {class: "tmark" + (st === "failed" ? " bad" : ""), x: bx + bw + 4, y: y + 15}, mark.trim()));
+    }
+    svg.appendChild(g);
+  });
+  return h("div", {id: "timeline", class: "mt8"},
+    h("div", {class: "legend"}, "pale = waiting in the queue · solid = running (last attempt) · \u27f3N = N attempts · \u2715 = failed · span " + fmtSpan(span)),
+    h("div", {class: "dagwrap"}, svg),
+    hidden ? h("div", {class: "muted"}, hidden + " later vertices not drawn (see Vertices)") : null);
 }
 
 // ---------- start form ----------
@@ -430,20 +589,21 @@ async function startRun() {
   }
   const b = $("startBtn");
   b.disabled = true;
-  fill(out, h("div", {class: "muted", style: "margin-top:8px"}, "starting… (waiting up to 5 s)"));
+  fill(out, h("div", {class: "muted mt8"}, "starting…"));
   let data, ok = true;
   try {
-    data = await api("POST", flowPath(flow) + "?wait=5", isJson ? (text.trim() || "null") : text,
+    data = await api("POST", flowPath(flow), isJson ? (text.trim() || "null") : text,
       {"Content-Type": isJson ? "application/json" : "application/octet-stream"});
   } catch (e) { data = e; ok = false; }
   b.disabled = false;
   if (flow !== S.flow) return;
   const rid = data && typeof data === "object" && data.run_id;
-  fill(out, h("div", {class: "formrow"}, ok ? badge(data && data.status) : h("span", {class: "err-head"}, "error"),
-    rid ? h("a", {href: hashFor(flow, String(rid))}, "open run " + String(rid)) : null),
-    h("pre", {class: ok ? null : "err"}, pretty(data)));
+  fill(out, ok && rid
+    ? h("div", {class: "formrow"}, "started ", h("a", {href: hashFor(flow, String(rid)), class: "mono"}, String(rid)))
+    : h("pre", {class: "err"}, errText(data)));
   S.runsKey = null;
-  refreshRuns();
+  runsPoll.kick();
+  if (ok && rid) location.hash = hashFor(flow, String(rid));  // watch it live
 }
 
 // ---------- health, routing, polling ----------
@@ -475,7 +635,9 @@ function route() {
     $("flowName").textContent = flow || "";
     fill($("runs"), h("span", {class: "muted"}, "loading…"));
     fill($("startOut"));
-    if (flow) { loadDef(); refreshRuns(); }
+    fill($("counts"));
+    S.countsKey = null;
+    if (flow) { loadDef(); runsPoll.kick(); } else runsPoll.stop();
     document.title = flow ? "aioflow · " + flow : "aioflow dashboard";
   }
   if (runChanged) {
@@ -483,33 +645,64 @@ function route() {
     colourDag();
     markRuns();
     fill($("secRun"), h("span", {class: "muted"}, run ? "loading run…" : "Select a run to see its state."));
-    if (run) refreshRun();
+    if (run) runPoll.kick(); else runPoll.stop();
   }
 }
-let busy = false;
-async function tick() {
-  if (document.visibilityState !== "visible" || busy) return;
-  busy = true;
-  try {
-    S.ticks++;
-    await Promise.all([refreshRuns(), refreshRun(), S.ticks % 5 === 0 ? loadHealth() : null]);
-    if (S.ticks % 15 === 0) await loadFlows();
-  } finally { busy = false; }
+// Each poller runs again soon after a change and backs off while nothing changes;
+// the open run's poller stops once the run is finished.
+function poller(fn, min, max) {
+  const p = {timer: null, delay: min, busy: false, again: false};
+  const schedule = (ms) => { clearTimeout(p.timer); p.timer = setTimeout(go, ms); };
+  async function go() {
+    p.timer = null;
+    if (document.visibilityState !== "visible") return;  // visibilitychange kicks it again
+    if (p.busy) { p.again = true; return; }
+    p.busy = true;
+    let r = "same";
+    try { r = await fn(); } catch (e) { console.warn("poll failed", e); } finally { p.busy = false; }
+    if (p.again) { p.again = false; p.delay = min; schedule(0); return; }
+    if (r === "stop") return;
+    p.delay = r === "changed" ? min : Math.min(max, Math.round(p.delay * 1.6));
+    schedule(p.delay);
+  }
+  p.kick = () => { p.delay = min; schedule(0); };
+  p.stop = () => { clearTimeout(p.timer); p.timer = null; };
+  return p;
+}
+const runPoll = poller(refreshRun, 300, 5000);
+const runsPoll = poller(async () => {
+  const r = await refreshRuns();
+  if (r === "changed" || S.ticks++ % 5 === 0) await refreshCounts();
+  return r;
+}, 700, 10000);
+const bgPoll = poller(async () => {
+  await loadHealth();
+  await loadFlows();
+  return "same";
+}, 15000, 15000);
+function reloadAll() {
+  S.runsKey = null; S.runKey = null; S.countsKey = null;
+  loadFlows();
+  loadHealth();
+  if (S.flow && !S.def) loadDef();
+  runsPoll.kick();
+  runPoll.kick();
 }
 
 for (const st of RUN_STATUSES) $("filter").appendChild(h("option", {value: st}, st));
 $("filter").addEventListener("change", () => {
-  S.filter = $("filter").value; S.cursors = [""]; S.runsKey = null;
-  fill($("runs"), h("span", {class: "muted"}, "loading…"));
-  refreshRuns();
+  setFilter($("filter").value);
 });
-$("older").addEventListener("click", () => { if (S.nextCursor) { S.cursors.push(S.nextCursor); S.runsKey = null; refreshRuns(); } });
-$("newer").addEventListener("click", () => { if (S.cursors.length > 1) { S.cursors.pop(); S.runsKey = null; refreshRuns(); } });
+$("older").addEventListener("click", () => { if (S.nextCursor) { S.cursors.push(S.nextCursor); S.runsKey = null; runsPoll.kick(); } });
+$("newer").addEventListener("click", () => { if (S.cursors.length > 1) { S.cursors.pop(); S.runsKey = null; runsPoll.kick(); } });
 $("reloadFlows").addEventListener("click", loadFlows);
 $("startBtn").addEventListener("click", startRun);
 window.addEventListener("hashchange", route);
-document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") tick(); });
-loadFlows();
-loadHealth();
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") { runsPoll.kick(); if (S.run) runPoll.kick(); bgPoll.kick(); }
+});
+$("tokenForm").addEventListener("submit", useToken);
+$("forgetToken").addEventListener("click", forgetToken);
+showAuth();
 route();
-setInterval(tick, 2000);
+bgPoll.kick();
