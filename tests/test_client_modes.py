@@ -172,23 +172,14 @@ async def test_unreachable_is_redis_unavailable(mode: str) -> None:
 
 
 async def test_http_client_sends_its_token(redis_url: str) -> None:
-    from aiohttp import web
-
-    seen: list[str | None] = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-        seen.append(request.headers.get("Authorization"))
-        if request.headers.get("Authorization") != "Bearer t0k":
-            return web.json_response({"error": "unauthorized", "detail": "no"}, status=401)
-        return await handler(request)  # type: ignore[no-any-return]
-
     Gate.event = asyncio.Event()
-    async with served(make_flows(), redis_url, middlewares=[record]) as srv:
+    async with served(make_flows(), redis_url, api_tokens="run:t0k") as srv:
         async with aioflow.Client(srv.base, token="t0k") as client:
             assert await client.execute("calc", 1, timeout=T) == 3
         async with aioflow.Client(srv.base) as client:
-            with pytest.raises(aioflow.GatewayError) as ei:
+            with pytest.raises(aioflow.Unauthorized) as ei:
                 await client.submit("calc", 1)
-            assert ei.value.status == 401 and ei.value.code == "unauthorized"
-    assert seen[0] == "Bearer t0k" and seen[-1] is None
+            assert ei.value.reason == "missing"
+        async with aioflow.Client(srv.base, token="t0k") as client:
+            with pytest.raises(aioflow.Forbidden):  # a run token cannot stop runs
+                await client.stop("calc.0.x")

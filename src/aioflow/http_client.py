@@ -18,16 +18,19 @@ from . import codec
 from .errors import (
     AioflowError,
     ConfigError,
+    Forbidden,
     GatewayError,
     GatewayUnavailable,
     InvalidCallbackUrl,
     InvalidCursor,
     InvalidRunId,
     InvalidTransition,
+    LimitExceeded,
     ResultTimeout,
     RunFailed,
     RunNotFound,
     RunStopped,
+    Unauthorized,
     UnknownFlow,
 )
 from .keys import RunId, check_flow_name
@@ -44,6 +47,8 @@ _ERRORS: dict[str, type[AioflowError]] = {
     "invalid_callback_url": InvalidCallbackUrl,
     "invalid_cursor": InvalidCursor,
     "invalid_transition": InvalidTransition,
+    "forbidden": Forbidden,
+    "value_too_large": LimitExceeded,
 }
 _VERTEX_FIELDS = {f.name for f in dataclasses.fields(VertexState)}
 
@@ -151,6 +156,8 @@ class HttpClient:
         detail = str(doc.get("detail", raw[:200].decode("utf-8", "replace")))
         if status in (502, 503, 504):
             raise GatewayUnavailable(f"gateway {self.url} answered {status}: {detail}")
+        if code == "unauthorized":
+            raise Unauthorized(str(doc.get("reason", "missing")), detail)
         cls = _ERRORS.get(code)
         if cls is not None:
             raise cls(detail)
