@@ -13,6 +13,7 @@ import aioflow
 from aioflow import codec
 from aioflow.gateway import create_app
 from aioflow.keys import RunId
+from aioflow.versions import version_of
 from tests.engine_helpers import Stack, running
 
 
@@ -520,4 +521,6 @@ async def test_definition_json_has_the_nested_structure(redis_url: str) -> None:
             assert resp.status == 200
             doc = await resp.json()
     check_nested_description(doc, 1)  # "auto" is one partition on a single Redis
+    assert doc.pop("version") == version_of(flow)
+    assert [v["version"] for v in doc.pop("versions")] == [version_of(flow)]
     assert doc == {**codec.loads(codec.dumps(flow.describe())), "partitions": 1}

@@ -36,6 +36,7 @@ DOCUMENTED = [
     "Status",
     "Unauthorized",
     "UnknownFlow",
+    "UnknownVersion",
     "Worker",
 ]
 
@@ -68,10 +69,12 @@ def test_exceptions_share_one_root() -> None:
         aioflow.RunNotFound,
         aioflow.RunStopped,
         aioflow.UnknownFlow,
+        aioflow.UnknownVersion,
     ]
     for cls in errors:
         assert issubclass(cls, aioflow.AioflowError), cls
     assert issubclass(aioflow.ResultTimeout, TimeoutError)
+    assert issubclass(aioflow.UnknownVersion, aioflow.UnknownFlow)
 
 
 def test_version() -> None:

@@ -163,6 +163,8 @@ async def test_finished_runs_expire_with_every_key(redis_url: str, redis: Redis)
         tag = keys.tag("ttl", 0).encode()
         assert left <= {
             b"af:flows",
+            b"af:fv:{ttl}",
+            b"af:fvseen:{ttl}",
             b"af:workers",
             tag + b":q",
             tag + b":i",

@@ -23,6 +23,7 @@ from .errors import (
     RunStopped,
     Unauthorized,
     UnknownFlow,
+    UnknownVersion,
 )
 from .model import Dag, Flow
 from .policy import RetryPolicy
@@ -62,5 +63,6 @@ __all__ = [
     "Status",
     "Unauthorized",
     "UnknownFlow",
+    "UnknownVersion",
     "Worker",
 ]

@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("id", nargs="?", help="dead letter id (replay)")
     sp.add_argument("--redis-url", default=None)
     cli_client.add_parsers(sub)
+    sp = sub.add_parser("flows", help="list flows and their versions")
+    sp.add_argument("name", nargs="?", help="only this flow")
+    sp.add_argument("--redis-url", default=None)
     return p
 
 
@@ -228,6 +231,21 @@ async def _dlq(action: str, dead_letter_id: str | None, url: str | None) -> int:
     return 0
 
 
+async def _flows(name: str | None, url: str | None) -> int:
+    from .client import Client
+    from .settings import Settings
+    from .versions import listing
+
+    window = Settings.from_env().version_wait
+    async with Client(url) as c:
+        names = [name] if name else [f.name for f in await c.engine.flows()]
+        for n in names:
+            await c.engine.flow_info(n)  # UnknownFlow for a name never registered
+            doc = {"name": n, **await listing(c.engine.redis, n, window=window)}
+            sys.stdout.write(codec.dumps(doc).decode() + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -242,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: cli_client.submit(args))
         if args.command == "runs":
             return _run(lambda: cli_client.runs(args))
+        if args.command == "flows":
+            return _run(lambda: _flows(args.name, args.redis_url))
         app = load_app(args.app)
         overrides = {
             k: getattr(args, k, None)

@@ -86,6 +86,7 @@ class Client:
             submit_replicas=env.submit_replicas,
             submit_replicas_timeout=env.submit_replicas_timeout,
             max_value=env.max_value,
+            version_wait=env.version_wait,
         )
 
     @property
@@ -145,7 +146,10 @@ class Client:
         (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
         second run starts. ``options`` become ``ctx.options``; ``delay`` defers
         the start by that many seconds (not over HTTP). ``callback_url`` gets a
-        POST of the result or error when the run ends (see the README)."""
+        POST of the result or error when the run ends (see the README). A ``Flow``
+        object pins the run to its own version (registering it if needed); a name
+        pins the newest version served (see the README's "Versions and rolling
+        deploys")."""
         if self._http is not None:
             return await self._http.submit(
                 _name(flow),
@@ -158,7 +162,7 @@ class Client:
 
         async def call() -> str:
             rid, _ = await self.engine.submit(
-                _name(flow),
+                flow,
                 data,
                 run_id=run_id,
                 options=options,
@@ -194,7 +198,7 @@ class Client:
 
         async def call() -> Any:
             rid, outcome = await self.engine.execute(
-                _name(flow),
+                flow,
                 data,
                 timeout=timeout,
                 run_id=run_id,

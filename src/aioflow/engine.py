@@ -20,13 +20,12 @@ from redis.exceptions import (
     ClusterError,
     MasterDownError,
     RedisClusterException,
-    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import codec, keys, tracing
+from . import codec, keys, tracing, versions
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -40,6 +39,7 @@ from .errors import (
     RunNotFound,
     RunStopped,
     UnknownFlow,
+    UnknownVersion,
 )
 from .keys import RunId
 from .model import Flow
@@ -112,6 +112,7 @@ class FlowInfo:
     entries: tuple[str, ...]
     definition: dict[str, Any]
     hooks: bool = False
+    version: str = ""  # empty for a definition registered before versions existed
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> FlowInfo:
@@ -121,6 +122,7 @@ class FlowInfo:
             tuple(doc["entries"]),
             doc["definition"],
             bool(doc.get("hooks")),
+            str(doc.get("version") or ""),
         )
 
 
@@ -140,25 +142,10 @@ def partitions_of(flow: Flow, fast: Conn | None) -> int:
 
 
 async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | None = None) -> None:
-    """Record the flows' definitions in Redis and create their streams' consumer groups.
-    ``fast`` (a started router) settles ``partitions="auto"``; without it that is 1."""
-    for flow in flows:
-        plan = compile_dag(flow)
-        parts = partitions_of(flow, fast)
-        doc = {
-            "name": flow.name,
-            "partitions": parts,
-            "entries": list(plan.entries),
-            "hooks": flow.on_failure is not None or flow.finally_ is not None,
-            "definition": {**flow.describe(), "partitions": parts},
-        }
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.FLOWS, flow.name, codec.dumps(doc))
-            for p in range(parts):
-                pipe.xgroup_create(keys.stream(flow.name, p), keys.GROUP, id="0", mkstream=True)
-            for res in await pipe.execute(raise_on_error=False):
-                if isinstance(res, ResponseError) and "BUSYGROUP" not in str(res):
-                    raise res
+    """Record the flows' versions as served now and create their streams' consumer
+    groups (see :mod:`aioflow.versions`). ``fast`` (a started router) settles
+    ``partitions="auto"``; without it that is 1."""
+    await versions.register(redis, flows, seen=True, fast=fast)
 
 
 class Waiter:
@@ -315,12 +302,14 @@ class Engine:
         submit_replicas: int = 0,
         submit_replicas_timeout: float = 1.0,
         max_value: int | None = None,
+        version_wait: float = 60.0,
     ) -> None:
         self.backend = Backend(redis)
         self.submit_replicas = submit_replicas
         self.submit_replicas_timeout = submit_replicas_timeout
         self.max_value = max_value
         self.fast = self.backend.fast  # submit and result reads: the per-run path
+        self.pins = versions.Pins(self.backend, window=version_wait)
         self.tracing = tracing
         self.result_ttl = result_ttl
         self.clock = clock
@@ -369,8 +358,25 @@ class Engine:
         raw: Any = await self.redis.hgetall(keys.FLOWS)
         return [FlowInfo.from_doc(codec.loads(doc)) for _, doc in sorted(raw.items())]
 
-    async def new_run_id(self, flow: str, run_id: str | None = None) -> RunId:
-        info = await self.flow_info(flow)
+    async def pin(self, flow: str | Flow, version: str | None = None) -> FlowInfo:
+        """The definition a new run of ``flow`` pins: a Flow object's own version
+        (registered if needed), ``version`` if given, else the newest served one."""
+        if isinstance(flow, Flow):
+            version = await self.pins.ensure(flow)
+            flow = flow.name
+        keys.check_flow_name(flow)
+        if version is not None:
+            doc = await self.pins.doc(flow, version)
+            if doc is None:
+                raise UnknownVersion(f"flow {flow!r} has no version {version!r} in the registry")
+            return FlowInfo.from_doc(doc)
+        doc = await self.pins.newest(flow)
+        return FlowInfo.from_doc(doc) if doc is not None else await self.flow_info(flow)
+
+    async def new_run_id(
+        self, flow: str, run_id: str | None = None, info: FlowInfo | None = None
+    ) -> RunId:
+        info = info or await self.flow_info(flow)
         if run_id is None:
             key = keys.new_key()
             part = keys.partition_for(key, info.partitions, caller_chosen=False)
@@ -381,7 +387,7 @@ class Engine:
 
     async def submit(
         self,
-        flow: str,
+        flow: str | Flow,
         data: Any = None,
         *,
         run_id: str | None = None,
@@ -389,12 +395,14 @@ class Engine:
         delay: float | None = None,
         rid: RunId | None = None,
         callback_url: str | None = None,
+        info: FlowInfo | None = None,
     ) -> tuple[RunId, bool]:
-        """Start a run; answers its id and whether it was created (False: it existed)."""
-        info = await self.flow_info(flow)
+        """Start a run; answers its id and whether it was created (False: it existed).
+        The run pins ``info``'s version, else the one :meth:`pin` picks."""
+        info = info or await self.pin(flow)
         if callback_url is not None:
             check_callback_url(callback_url)
-        rid = rid or await self.new_run_id(flow, run_id)
+        rid = rid or await self.new_run_id(info.name, run_id, info)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
         value = codec.encode(data)
@@ -404,7 +412,7 @@ class Engine:
             )
         traceparent = ""
         if self.tracing:
-            with run_span(flow, str(rid)) as traceparent:
+            with run_span(info.name, str(rid)) as traceparent:
                 pass
         created = await SCRIPTS.call(
             self.fast,
@@ -420,9 +428,10 @@ class Engine:
             "1" if info.hooks or callback_url else "",
             callback_url or "",
             traceparent,
+            info.version,
         )
         if created and self.on_submitted is not None:
-            self.on_submitted(flow)
+            self.on_submitted(info.name)
         if self.submit_replicas:
             await self._replicated(rid)
         return rid, bool(created)
@@ -441,7 +450,7 @@ class Engine:
 
     async def execute(
         self,
-        flow: str,
+        flow: str | Flow,
         data: Any = None,
         *,
         timeout: float | None = None,
@@ -449,12 +458,13 @@ class Engine:
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
     ) -> tuple[RunId, Outcome | None]:
-        rid = await self.new_run_id(flow, run_id)
+        info = await self.pin(flow)
+        rid = await self.new_run_id(info.name, run_id, info)
         await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
         fut = self.waiter.register(rid)
         try:
             _, created = await self.submit(
-                flow, data, options=options, rid=rid, callback_url=callback_url
+                info.name, data, options=options, rid=rid, callback_url=callback_url, info=info
             )
             if not created:
                 outcome = await fetch_outcome(self.fast, rid)
@@ -536,8 +546,7 @@ class Engine:
     async def retry(self, run_id: str | RunId) -> int:
         """Rerun a failed run from its failed vertices; answers how many were enqueued."""
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
-        plan = await self.plan(rid.flow)
-        return await rerun(self.redis, rid, plan)
+        return await rerun(self.redis, rid, await self.run_plan(rid))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of every registered flow (at most ``limit`` each)."""
@@ -583,12 +592,26 @@ class Engine:
                 f"dead letter {dead_letter_id!r} is an undecodable message: it cannot be replayed"
             )
         rid = RunId(flow, p, f[b"r"].decode())
-        await rerun(self.redis, rid, await self.plan(flow), on_dead_letter=eid)
+        await rerun(self.redis, rid, await self.run_plan(rid), on_dead_letter=eid)
         return str(rid)
 
     async def plan(self, flow: str) -> Plan:
         info = await self.flow_info(flow)
         return compile_dag(dag_from_description(info.definition["dag"]))
+
+    async def run_plan(self, rid: RunId) -> Plan:
+        """The plan of the version the run is pinned to (unpinned runs: the newest)."""
+        await self.start()
+        v: Any = await self.redis.hget(rid.run, "v")
+        if not v:
+            return await self.plan(rid.flow)
+        doc = await self.pins.doc(rid.flow, v.decode())
+        if doc is None:
+            raise UnknownVersion(
+                f"run {rid} is pinned to version {v.decode()} of flow {rid.flow!r}, "
+                "which is no longer in the registry (nobody served it for version_retention)"
+            )
+        return compile_dag(dag_from_description(doc["definition"]["dag"]))
 
     async def runs(
         self,

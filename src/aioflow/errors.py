@@ -7,6 +7,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── DefinitionError      a flow or dag is malformed (raised while building it)
     ├── ConfigError          a setting is invalid, or the Redis server is unsuitable
     ├── UnknownFlow          no worker or gateway ever registered that flow name
+    │   └── UnknownVersion   the flow version asked for (or a run's pinned one) is not registered
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
@@ -48,6 +49,7 @@ __all__ = [
     "RunStopped",
     "Unauthorized",
     "UnknownFlow",
+    "UnknownVersion",
 ]
 
 
@@ -65,6 +67,11 @@ class ConfigError(AioflowError):
 
 class UnknownFlow(AioflowError):
     """The flow name was never registered with this Redis by a worker or gateway."""
+
+
+class UnknownVersion(UnknownFlow):
+    """The flow version is not in the registry: never registered, or dropped after
+    nobody served it for ``version_retention`` (retrying a run pinned to it)."""
 
 
 class RunNotFound(AioflowError):

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import codec, openapi, tracing
+from . import codec, openapi, tracing, versions
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
@@ -260,8 +260,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def flow_definition(request: web.Request) -> web.Response:
-    info = await _engine(request).flow_info(_flow_name(request))
-    return _json(info.definition)
+    engine = _engine(request)
+    name = _flow_name(request)
+    info = await engine.flow_info(name)
+    doc = dict(info.definition)
+    doc.update(await versions.listing(engine.redis, name, window=engine.pins.window))
+    return _json(doc)
 
 
 async def list_flows(request: web.Request) -> web.Response:
@@ -324,6 +328,7 @@ def create_app(
         submit_replicas=settings.submit_replicas,
         submit_replicas_timeout=settings.submit_replicas_timeout,
         max_value=settings.max_value,
+        version_wait=settings.version_wait,
     )
     gauges = app[METRICS] = GatewayMetrics()
     engine.on_submitted = gauges.on_submitted
@@ -353,6 +358,9 @@ def create_app(
                 await register(engine.redis, flows, fast=engine.fast)
             except REDIS_ERRORS:
                 registering.append(asyncio.create_task(register_when_up()))
+            registering.append(
+                asyncio.create_task(versions.keep_seen(engine.backend, flows, settings))
+            )
 
     async def on_cleanup(_: web.Application) -> None:
         for t in registering:

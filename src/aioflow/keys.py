@@ -3,7 +3,9 @@
 Every key of a run shares the hash tag ``{flow:partition}`` with the stream its
 vertices travel on, so each script touches one Cluster slot::
 
-    af:flows                       hash  flow name -> definition JSON (registration)
+    af:flows                       hash  flow name -> newest registered definition JSON
+    af:fv:{flow} / af:fvseen:{flow}  every registered version, and when it was last served
+                                   (see :mod:`aioflow.versions`)
     af:{flow:p}:q                  stream of vertex messages, consumer group "workers"
     af:{flow:p}:r:<key>            hash  one run: status, input, outputs, counters, store
     af:{flow:p}:p:<key>            list  a paused run's parked vertex messages

@@ -59,6 +59,12 @@ class Settings:
       variables); off by default.
     - ``metrics_port``: when set, a worker serves Prometheus metrics on
       ``http://host:metrics_port/metrics`` (``host`` as above); off by default.
+    - ``version_wait``: seconds a run waits for a live worker serving its pinned
+      flow version before it fails (60); also how recently a version must have
+      been seen to count as served when a run is submitted by name. Keep it
+      several times the heartbeat interval, ``min(visibility_timeout / 3, 5)``.
+    - ``version_retention``: seconds a flow version nobody serves stays in the
+      registry before it is dropped (1 day).
     """
 
     redis_url: str | None = None
@@ -82,6 +88,8 @@ class Settings:
     max_value: int = 8 * 1024 * 1024
     max_foreach: int = 100_000
     metrics_port: int | None = None
+    version_wait: float = 60.0
+    version_retention: float = 86400.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -105,6 +113,8 @@ class Settings:
         Tokens.parse(self.api_tokens)  # a bad entry fails at startup, not per request
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be a TCP port, got {self.metrics_port}")
+        if self.version_wait <= 0 or self.version_retention <= 0:
+            raise ConfigError("version_wait and version_retention must be > 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:

@@ -59,7 +59,8 @@ class RunState:
     """A snapshot of one run. ``result`` is set when completed, ``error`` when failed;
     ``vertices`` maps each vertex address that started to its status and attempts;
     ``callback`` is the callback's delivery report and ``hook_errors`` lists flow
-    hooks (``on_failure``, ``finally_``) that raised."""
+    hooks (``on_failure``, ``finally_``) that raised; ``version`` is the flow
+    version the run is pinned to (None for runs submitted before versions)."""
 
     run_id: str
     flow: str
@@ -73,12 +74,14 @@ class RunState:
     options: dict[str, list[str]] = field(default_factory=dict)
     callback: dict[str, Any] | None = None
     hook_errors: list[dict[str, Any]] | None = None
+    version: str | None = None
 
     def to_json(self) -> bytes:
         """The state as JSON (bytes values written ``{"$bytes": ...}``)."""
         doc: dict[str, Any] = {
             "run_id": self.run_id,
             "flow": self.flow,
+            "version": self.version,
             "status": self.status.value,
             "created": self.created,
             "started": self.started,
@@ -137,4 +140,5 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
         options=codec.loads(h[b"opts"]) if h.get(b"opts") else {},
         callback=codec.loads(cb) if cb else None,
         hook_errors=codec.loads(hook_errors) if hook_errors else None,
+        version=h[b"v"].decode() if h.get(b"v") else None,
     )

@@ -32,6 +32,7 @@ from .plan import compile_dag, resolve
 from .scripts import SCRIPTS
 from .settings import Settings
 from .topology import Addr, Backend, RedisClient, Router, as_text
+from .versions import WorkerVersions
 from .vertex import FINAL, Executor, Msg
 from .vertex import marker as default_marker
 
@@ -118,6 +119,7 @@ class Worker:
             note_due=self._note_due,
             settings=self.settings,
         )
+        self.versions = WorkerVersions(self)
 
     @property
     def redis(self) -> RedisClient:
@@ -413,8 +415,9 @@ class Worker:
             repr(now),
             self.settings.max_deliveries,
             self.ttl_ms,
+            self.versions.served[flow.name],
         ]
-        msgs: list[Msg | None] = []
+        msgs: list[Msg | bytes] = []
         for entry in entries:
             if entry is None or entry[1] is None:
                 continue  # deleted from the stream while pending
@@ -433,8 +436,7 @@ class Worker:
                     kind == "c" and node.kind not in ("subdag", "branch", "foreach")
                 ):
                     raise ValueError(kind)
-            except Exception:
-                log.error("undecodable message %s on %s: dead-lettering it", mid, stream)
+            except Exception:  # dead-lettered, unless its run is pinned to another version
                 u = f.get(b"r", b"") if isinstance(f, dict) else b""
                 a = f.get(b"a", b"") if isinstance(f, dict) else b""
                 args += [
@@ -446,7 +448,7 @@ class Worker:
                     "0",
                     0,
                 ]
-                msgs.append(None)
+                msgs.append(mid)
                 continue
             m = Msg(stream, mid, flow, rplan, node, scope, uid, addr, kind, f.get(b"d"))
             fetch = self.executor.fetch_fields(m)
@@ -470,11 +472,17 @@ class Worker:
             # not acked: they stay pending and are reclaimed after the visibility timeout
             log.warning("claim failed (%s); %d messages left for redelivery", e, len(msgs))
             return
+        other: dict[str, int] = {}
         for mm, r in zip(msgs, res, strict=True):
-            if mm is None:
+            code = r[0]
+            if code == b"other":
+                v = r[1].decode()
+                other[v] = other.get(v, 0) + 1
+                continue
+            if not isinstance(mm, Msg):
+                log.error("undecodable message %s on %s: dead-lettered", mm, stream)
                 continue
             m = mm
-            code = r[0]
             if code == b"go":
                 m.attempt = int(r[1])
                 m.fetched = list(r[2:])
@@ -488,6 +496,8 @@ class Worker:
                 log.error("message %s (%s %s) dead-lettered", m.id, m.uid, m.addr)
                 if r[1] == b"failed":
                     self.metrics.dead_lettered(m)
+        if other:
+            self.versions.parked(stream, other)
 
     def _queue(
         self,
@@ -621,7 +631,9 @@ class Worker:
                 await self._cancel_stopped()
                 await self._extend_leases()
                 await self._reclaim(int(vt * 1000))
-                if time.monotonic() - last_trim > 5.0:
+                slow = time.monotonic() - last_trim > 5.0
+                await self.versions.tick(slow=slow)
+                if slow:
                     last_trim = time.monotonic()
                     for stream in self._stream_list:
                         await SCRIPTS.call(self.fast, "trim", stream)
@@ -636,6 +648,7 @@ class Worker:
             "inflight": len(self._inflight),
             "beat": time.time(),
             "completed": self.completed,
+            "versions": self.versions.served,
         }
         await self.redis.hset(keys.WORKERS, self.consumer, codec.dumps(doc))
 
@@ -725,6 +738,9 @@ class Worker:
 
     def _on_control(self, text: str) -> None:
         action, _, run_id = text.partition(" ")
+        if action == "adopt":
+            self.versions.wake(run_id)
+            return
         if action != "stop":
             return
         try:

@@ -1,10 +1,23 @@
--- Start a batch of delivered messages. ARGV: consumer, now, max_deliveries, ttl, then
+-- Start a batch of delivered messages. ARGV: consumer, now, max_deliveries, ttl,
+-- version (the worker's version of this flow), then
 -- per message: id uid addr kind marker check nfetch field...
 -- Answers per message: {'go', attempt, fetched...} | {'drop'} | {'dup'} | {'park'}
 -- | {'dead', 'failed' when that failed the run, else ''}
+-- | {'other', version}: the run is pinned to another version; the message is parked
+-- for the workers of that version (see versions.py)
 local consumer, now, maxdel, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local version = ARGV[5]
 local out = {}
-local i = 5
+local i = 6
+
+-- Park a message for the pseudo-consumer of its version, undoing this delivery's count.
+local function park_other(id, pinned)
+  local p = redis.call('XPENDING', q, GROUP, id, id, 1)
+  local count = 0
+  if p[1] then count = math.max(tonumber(p[1][4]) - 1, 0) end
+  redis.call('XCLAIM', q, GROUP, 'v:' .. pinned, 0, id, 'RETRYCOUNT', count, 'JUSTID')
+end
+
 while i <= #ARGV do
   local id, uid, addr, kind, marker, check = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local n = tonumber(ARGV[i+6])
@@ -12,12 +25,16 @@ while i <= #ARGV do
   i = base + n + 1
   local run = runkey(uid)
   local res = nil
-  if kind == '?' then
+  local head = redis.call('HMGET', run, 'status', marker, 'v')
+  local status, pinned = head[1], head[3]
+  if pinned and pinned ~= version and kind ~= 'f' and status and not TERMINAL[status]
+      and not head[2] then
+    park_other(id, pinned)
+    res = {'other', pinned}
+  elseif kind == '?' then
     dead_letter(id, uid, addr, kind, 'undecodable message', 0, now, ttl)
     res = {'dead'}
   else
-    local head = redis.call('HMGET', run, 'status', marker)
-    local status = head[1]
     if (not status) or (TERMINAL[status] and kind ~= 'f') then
       redis.call('XACK', q, GROUP, id)
       res = {'drop'}
