@@ -32,10 +32,13 @@ DOCUMENTED = [
     "RunState",
     "RunStopped",
     "RunStore",
+    "Schedule",
+    "ScheduleState",
     "Settings",
     "Status",
     "Unauthorized",
     "UnknownFlow",
+    "UnknownSchedule",
     "Worker",
 ]
 
@@ -68,6 +71,7 @@ def test_exceptions_share_one_root() -> None:
         aioflow.RunNotFound,
         aioflow.RunStopped,
         aioflow.UnknownFlow,
+        aioflow.UnknownSchedule,
     ]
     for cls in errors:
         assert issubclass(cls, aioflow.AioflowError), cls

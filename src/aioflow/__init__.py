@@ -23,11 +23,14 @@ from .errors import (
     RunStopped,
     Unauthorized,
     UnknownFlow,
+    UnknownSchedule,
 )
 from .model import Dag, Flow
 from .policy import RetryPolicy
+from .schedule import ScheduleState
 from .settings import Settings
 from .status import RunState, Status
+from .ticks import Schedule
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -58,9 +61,12 @@ __all__ = [
     "RunState",
     "RunStopped",
     "RunStore",
+    "Schedule",
+    "ScheduleState",
     "Settings",
     "Status",
     "Unauthorized",
     "UnknownFlow",
+    "UnknownSchedule",
     "Worker",
 ]

@@ -151,6 +151,7 @@ async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | No
             "entries": list(plan.entries),
             "hooks": flow.on_failure is not None or flow.finally_ is not None,
             "definition": {**flow.describe(), "partitions": parts},
+            "schedules": [s.to_doc() for s in flow.schedules.values()],
         }
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.FLOWS, flow.name, codec.dumps(doc))

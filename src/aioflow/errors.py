@@ -7,6 +7,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── DefinitionError      a flow or dag is malformed (raised while building it)
     ├── ConfigError          a setting is invalid, or the Redis server is unsuitable
     ├── UnknownFlow          no worker or gateway ever registered that flow name
+    ├── UnknownSchedule      the flow's registered definition has no schedule of that name
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
@@ -48,6 +49,7 @@ __all__ = [
     "RunStopped",
     "Unauthorized",
     "UnknownFlow",
+    "UnknownSchedule",
 ]
 
 
@@ -65,6 +67,10 @@ class ConfigError(AioflowError):
 
 class UnknownFlow(AioflowError):
     """The flow name was never registered with this Redis by a worker or gateway."""
+
+
+class UnknownSchedule(AioflowError):
+    """The flow's registered definition has no schedule of that name."""
 
 
 class RunNotFound(AioflowError):
