@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -124,22 +125,32 @@ class Schedule:
         if self.every is not None:
             step = round(self.every * 1000)
             return (after_ms // step + 1) * step
+        return next(self._cron_ticks(after_ms))
+
+    def _cron_ticks(self, after_ms: int) -> Iterator[int]:
+        # wall time -> instant is monotonic (non-decreasing) under _instant's rules,
+        # so one pass over the wall times from after_ms yields the ticks in order
         assert self.cron is not None
         tz = _zone(self.timezone)
         start = datetime.fromtimestamp(after_ms // 1000, tz).replace(tzinfo=None)
         it = _cron(self.cron, start)
+        last = after_ms
         while True:
             tick = round(_instant(it.get_next(datetime), tz) * 1000)
-            if tick > after_ms:
-                return tick
+            if tick > last:
+                last = tick
+                yield tick
 
     def ticks(self, after_ms: int, until_ms: int) -> list[int]:
         """Ticks in ``(after_ms, until_ms]``, oldest first."""
+        if self.every is not None:
+            step = round(self.every * 1000)
+            return list(range((after_ms // step + 1) * step, until_ms + 1, step))
         out: list[int] = []
-        t = self.next_after(after_ms)
-        while t <= until_ms:
+        for t in self._cron_ticks(after_ms):
+            if t > until_ms:
+                break
             out.append(t)
-            t = self.next_after(t)
         return out
 
     def to_doc(self) -> dict[str, Any]:
