@@ -21,7 +21,9 @@ NEW_YORK = ZoneInfo("America/New_York")
 
 
 def ms(*args: int, tz: ZoneInfo = BERLIN, fold: int = 0) -> int:
-    return int(datetime(*args, tzinfo=tz, fold=fold).timestamp() * 1000)  # type: ignore[misc]
+    y, mo, d, h, mi, *rest = args
+    sec = rest[0] if rest else 0
+    return int(datetime(y, mo, d, h, mi, sec, tzinfo=tz, fold=fold).timestamp() * 1000)
 
 
 def local(t: int, tz: ZoneInfo = BERLIN) -> str:

@@ -43,6 +43,10 @@ async def last_done(redis: Redis, flow: str, name: str) -> int | None:
     return None if score is None else int(score)
 
 
+async def has_state(redis: Redis, flow: str, name: str) -> bool:
+    return await last_done(redis, flow, name) is not None
+
+
 async def finished(kit: Kit, run_id: str) -> Any:
     """The result of a tick's run, once the scheduler has submitted it."""
 
@@ -72,7 +76,7 @@ async def test_one_run_per_tick_as_the_clock_advances(
     await aioflow_kit.worker(flow)
     redis = aioflow_kit.redis
     # a new schedule ticks from now on: the mark is set, nothing ran
-    await wait_until(lambda: last_done(redis, "ticker", "minutely"), what="schedule state")
+    await wait_until(lambda: has_state(redis, "ticker", "minutely"), what="schedule state")
     assert await last_done(redis, "ticker", "minutely") == (T0 + 30) * 1000
     assert seen == []
 
@@ -135,7 +139,7 @@ async def test_pause_and_resume(aioflow_kit: Kit, aioflow_clock: FakeClock) -> N
     aioflow_clock.now = T0 + 30
     await aioflow_kit.worker(flow)
     redis, client = aioflow_kit.redis, aioflow_kit.client
-    await wait_until(lambda: last_done(redis, "ticker", "sentinel"), what="schedule state")
+    await wait_until(lambda: has_state(redis, "ticker", "sentinel"), what="schedule state")
 
     st = await client.pause_schedule("ticker", "paused")
     assert st.paused and st.next_tick is None
@@ -175,7 +179,7 @@ async def test_the_registered_definition_rules(aioflow_kit: Kit, aioflow_clock: 
     aioflow_clock.now = T0 + 30
     await aioflow_kit.worker(old)
     redis = aioflow_kit.redis
-    await wait_until(lambda: last_done(redis, "ticker", "job"), what="schedule state")
+    await wait_until(lambda: has_state(redis, "ticker", "job"), what="schedule state")
 
     new = ticker()
     new.schedule("job", every=120)  # T0+60 is no longer a tick of "job"

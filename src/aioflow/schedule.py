@@ -20,6 +20,7 @@ rest are skipped. A process already ticking fires every tick it sees due.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -157,6 +158,14 @@ def _missed(s: Schedule, done: int, since: int) -> list[int]:
         span *= 4
 
 
+def _raise_if_cancelled() -> None:
+    # redis-py can swallow a cancellation that lands in a command (its retry and
+    # reconnect paths); the request is still pending on the task: honour it
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Scheduler:
     """Fires the due ticks of ``flows``' registered schedules (see the module).
     ``redis`` is a plain client (as given to a Worker); ``engine``, when given, is
@@ -191,10 +200,12 @@ class Scheduler:
                     seconds = await self.tick()
                     backoff = 0.05
                 except REDIS_ERRORS as e:
+                    _raise_if_cancelled()
                     log.warning("schedules: Redis unavailable (%s); retrying", e)
                     self.since = None
                     seconds = backoff
                     backoff = min(backoff * 2, 2.0)
+                _raise_if_cancelled()
                 await wait(self.clock, None, seconds, poll=REFRESH)
         finally:
             await self.aclose()

@@ -17,7 +17,7 @@ in any project that has aioflow and ``pytest-asyncio`` (``aioflow[testing]``):
 ``await run_flow(app_or_flow, data)`` runs a flow and returns its result (or
 raises :class:`~aioflow.RunFailed`); it starts a worker for the flow if the
 test has none, and jumps the fake clock over retry backoffs so a test of
-retries never sleeps.
+retries never sleeps. ``await eventually(cond)`` waits for a condition.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .redis_server import RedisServer
 from .settings import Settings
 from .worker import Worker
 
-__all__ = ["FakeClock", "Kit", "run_flow"]
+__all__ = ["FakeClock", "Kit", "eventually", "run_flow"]
 
 Target = App | Flow | Sequence[Flow]
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -166,6 +166,24 @@ class Kit:
 
 
 _current: list[Kit] = []
+
+
+async def eventually(
+    cond: Callable[[], Any], *, timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Return once ``cond()`` (plain or async) is true; AssertionError after
+    ``timeout`` real seconds. Wait for what workers do with this, not a sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = cond()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 async def run_flow(
