@@ -34,8 +34,9 @@ def ticker(name: str = "ticker", seen: list[tuple[str, str]] | None = None) -> a
     return flow
 
 
-def rid(flow: str, schedule: str, tick_ms: int) -> str:
-    return f"{flow}.0.{tick_key(schedule, tick_ms)}"
+def rid(flow: str, schedule: str, tick_ms: int, partitions: int = 1) -> str:
+    key = tick_key(schedule, tick_ms)
+    return f"{flow}.{keys.partition_for(key, partitions, caller_chosen=True)}.{key}"
 
 
 async def last_done(redis: Redis, flow: str, name: str) -> int | None:

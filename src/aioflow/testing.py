@@ -146,7 +146,9 @@ class Kit:
         """Due time (epoch seconds) of the run's earliest delayed message."""
         z = f"{rid.tag}:z"
         prefix = rid.key.encode() + b"\n"
-        rows: Any = await self.redis.zrange(z, 0, 99, withscores=True)
+        engine = self.client.engine
+        await engine.start()  # engine.redis routes by slot on a cluster
+        rows: Any = await engine.redis.zrange(z, 0, 99, withscores=True)
         for member, score in rows:
             if member.startswith(prefix):
                 return float(score) / 1000
