@@ -16,6 +16,7 @@ from aioflow.gateway import create_app
 from aioflow.schedule import Scheduler
 from aioflow.testing import FakeClock, Kit
 from aioflow.ticks import tick_key
+from aioflow.topology import RedisClient
 from tests.helpers import run_aioflow, wait_until
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: on every grid used here
@@ -39,12 +40,12 @@ def rid(flow: str, schedule: str, tick_ms: int, partitions: int = 1) -> str:
     return f"{flow}.{keys.partition_for(key, partitions, caller_chosen=True)}.{key}"
 
 
-async def last_done(redis: Redis, flow: str, name: str) -> int | None:
+async def last_done(redis: RedisClient, flow: str, name: str) -> int | None:
     score = await redis.zscore(keys.schedules(flow), name)
     return None if score is None else int(score)
 
 
-async def has_state(redis: Redis, flow: str, name: str) -> bool:
+async def has_state(redis: RedisClient, flow: str, name: str) -> bool:
     return await last_done(redis, flow, name) is not None
 
 
