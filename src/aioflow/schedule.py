@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import codec, keys
 from .clock import wait
 from .engine import REDIS_ERRORS, Engine, FlowInfo
@@ -168,12 +166,12 @@ def _raise_if_cancelled() -> None:
 
 class Scheduler:
     """Fires the due ticks of ``flows``' registered schedules (see the module).
-    ``redis`` is a plain client (as given to a Worker); ``engine``, when given, is
+    ``redis`` is the client given to the Worker or gateway; ``engine``, when given, is
     used instead of one of its own (and not closed)."""
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         flows: Iterable[str],
         clock: Callable[[], float],
         *,
@@ -263,6 +261,6 @@ class Scheduler:
         await self._engine.redis.zadd(keys.schedules(info.name), {s.name: due[-1]}, gt=True)
 
 
-async def ticking(redis: Redis, flows: Iterable[str], clock: Callable[[], float]) -> None:
+async def ticking(redis: RedisClient, flows: Iterable[str], clock: Callable[[], float]) -> None:
     """Tick the schedules of ``flows`` until cancelled (what workers and the gateway run)."""
     await Scheduler(redis, flows, clock).run()
