@@ -520,4 +520,4 @@ async def test_definition_json_has_the_nested_structure(redis_url: str) -> None:
             assert resp.status == 200
             doc = await resp.json()
     check_nested_description(doc, 1)  # "auto" is one partition on a single Redis
-    assert doc == {**codec.loads(codec.dumps(flow.describe())), "partitions": 1}
+    assert doc == {**codec.loads(codec.dumps(flow.describe())), "partitions": 1, "schedules": []}
