@@ -4,6 +4,7 @@ resume (client, HTTP, CLI), definitions changed on deploy, concurrent tickers.""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -274,6 +275,15 @@ async def test_http_and_cli(aioflow_redis_url: str) -> None:
             assert code == 0, err
             assert out == "ticker nightly: paused\n"
             assert await redis.sismember(keys.paused_schedules("ticker"), "nightly")
+            code, out, err = await run_aioflow(
+                "schedule", "list", "ticker", "--redis-url", aioflow_redis_url
+            )
+            assert code == 0, err
+            listed = [json.loads(line) for line in out.splitlines()]
+            assert [(d["name"], d["paused"]) for d in listed] == [
+                ("hourly", False),
+                ("nightly", True),
+            ]
             code, out, err = await run_aioflow(
                 "schedule", "pause", "ticker", "nope", "--redis-url", aioflow_redis_url
             )
