@@ -523,4 +523,4 @@ async def test_definition_json_has_the_nested_structure(redis_url: str) -> None:
     check_nested_description(doc, 1)  # "auto" is one partition on a single Redis
     assert doc.pop("version") == version_of(flow)
     assert [v["version"] for v in doc.pop("versions")] == [version_of(flow)]
-    assert doc == {**codec.loads(codec.dumps(flow.describe())), "partitions": 1}
+    assert doc == {**codec.loads(codec.dumps(flow.describe())), "partitions": 1, "schedules": []}

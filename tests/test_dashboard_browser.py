@@ -94,6 +94,7 @@ def flows() -> list[aioflow.Flow]:
         return "ok"
 
     hold = aioflow.Flow("ui-hold")
+    hold.schedule("yearly", cron="0 0 1 1 *")  # never ticks while a test runs
 
     @hold.node
     async def first(data: Any) -> int:
@@ -142,6 +143,19 @@ async def test_nothing_is_loading_before_a_flow_is_chosen(
             async with http.get(srv.base + str(icon)) as r:
                 assert r.status == 200
                 assert r.content_type == "image/svg+xml"
+        assert console.errors == []
+
+
+async def test_a_flows_schedules_are_shown_with_their_next_tick(
+    redis_url: str, chromium: Browser
+) -> None:
+    async with dashboard(redis_url, chromium) as (srv, pg, console):
+        await pg.locator("#flows a", has_text="ui-hold").click()
+        await pg.locator("#schedules", has_text="yearly (cron 0 0 1 1 * UTC, next ").wait_for()
+        assert "-01-01T00:00:00Z" in await text_of(pg, "#schedules")
+        await pg.locator("#flows a", has_text="ui-steps").click()
+        await pg.locator("#dag svg").first.wait_for()
+        assert await pg.locator("#schedules").count() == 0
         assert console.errors == []
 
 

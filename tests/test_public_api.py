@@ -32,11 +32,14 @@ DOCUMENTED = [
     "RunState",
     "RunStopped",
     "RunStore",
+    "Schedule",
+    "ScheduleState",
     "Settings",
     "Status",
     "Unauthorized",
     "UnknownFlow",
     "UnknownVersion",
+    "UnknownSchedule",
     "Worker",
 ]
 
@@ -70,6 +73,7 @@ def test_exceptions_share_one_root() -> None:
         aioflow.RunStopped,
         aioflow.UnknownFlow,
         aioflow.UnknownVersion,
+        aioflow.UnknownSchedule,
     ]
     for cls in errors:
         assert issubclass(cls, aioflow.AioflowError), cls

@@ -23,12 +23,15 @@ from .errors import (
     RunStopped,
     Unauthorized,
     UnknownFlow,
+    UnknownSchedule,
     UnknownVersion,
 )
 from .model import Dag, Flow
 from .policy import RetryPolicy
+from .schedule import ScheduleState
 from .settings import Settings
 from .status import RunState, Status
+from .ticks import Schedule
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -59,10 +62,13 @@ __all__ = [
     "RunState",
     "RunStopped",
     "RunStore",
+    "Schedule",
+    "ScheduleState",
     "Settings",
     "Status",
     "Unauthorized",
     "UnknownFlow",
     "UnknownVersion",
+    "UnknownSchedule",
     "Worker",
 ]

@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["pause", "resume", "stop", "retry", "state"])
     sp.add_argument("run_id")
     sp.add_argument("--redis-url", default=None)
+    sp = sub.add_parser("schedule", help="list, pause or resume a flow's schedules")
+    sp.add_argument("action", choices=["list", "pause", "resume"])
+    sp.add_argument("flow")
+    sp.add_argument("name", nargs="?", help="schedule name (pause, resume)")
+    sp.add_argument("--redis-url", default=None)
     sp = sub.add_parser("dlq", help="list or replay dead letters")
     sp.add_argument("action", choices=["list", "replay"])
     sp.add_argument("id", nargs="?", help="dead letter id (replay)")
@@ -246,6 +251,22 @@ async def _flows(name: str | None, url: str | None) -> int:
     return 0
 
 
+async def _schedule(action: str, flow: str, name: str | None, url: str | None) -> int:
+    from .client import Client
+
+    async with Client(url) as c:
+        if action == "list":
+            for st in await c.schedules(flow):
+                sys.stdout.write(codec.dumps(st.to_json()).decode() + "\n")
+            return 0
+        if not name:
+            raise ConfigError(f"aioflow schedule {action} needs the schedule name")
+        fn = c.pause_schedule if action == "pause" else c.resume_schedule
+        st = await fn(flow, name)
+        sys.stdout.write(f"{flow} {name}: {'paused' if st.paused else 'running'}\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -262,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: cli_client.runs(args))
         if args.command == "flows":
             return _run(lambda: _flows(args.name, args.redis_url))
+        if args.command == "schedule":
+            return _run(lambda: _schedule(args.action, args.flow, args.name, args.redis_url))
         app = load_app(args.app)
         overrides = {
             k: getattr(args, k, None)

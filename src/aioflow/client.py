@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import tracing
+from . import schedule, tracing
 from .app import connect
 from .engine import Engine, register, translate
 from .errors import ConfigError, UnknownFlow
@@ -282,6 +282,24 @@ class Client:
             return await self._http.runs(_name(flow), status=status, limit=limit, cursor=cursor)
         async with translate():
             return await self.engine.runs(_name(flow), status=status, limit=limit, cursor=cursor)
+
+    async def schedules(self, flow: str | Flow) -> list[schedule.ScheduleState]:
+        """The flow's registered schedules: paused or not, last and next tick."""
+        async with translate():
+            return await schedule.states(self.engine, _name(flow))
+
+    async def pause_schedule(self, flow: str | Flow, name: str) -> schedule.ScheduleState:
+        """Stop the schedule ``name`` of ``flow`` from starting runs, in every
+        process, until :meth:`resume_schedule`. Raises UnknownFlow or
+        UnknownSchedule."""
+        async with translate():
+            return await schedule.pause(self.engine, _name(flow), name)
+
+    async def resume_schedule(self, flow: str | Flow, name: str) -> schedule.ScheduleState:
+        """Let a paused schedule tick again; the ticks that fell while it was
+        paused do not run. Raises UnknownFlow or UnknownSchedule."""
+        async with translate():
+            return await schedule.resume(self.engine, _name(flow), name)
 
 
 __all__ = ["Client", "RunId"]

@@ -8,6 +8,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── ConfigError          a setting is invalid, or the Redis server is unsuitable
     ├── UnknownFlow          no worker or gateway ever registered that flow name
     │   └── UnknownVersion   the flow version asked for (or a run's pinned one) is not registered
+    ├── UnknownSchedule      the flow's registered definition has no schedule of that name
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
@@ -50,6 +51,7 @@ __all__ = [
     "Unauthorized",
     "UnknownFlow",
     "UnknownVersion",
+    "UnknownSchedule",
 ]
 
 
@@ -72,6 +74,10 @@ class UnknownFlow(AioflowError):
 class UnknownVersion(UnknownFlow):
     """The flow version is not in the registry: never registered, or dropped after
     nobody served it for ``version_retention`` (retrying a run pinned to it)."""
+
+
+class UnknownSchedule(AioflowError):
+    """The flow's registered definition has no schedule of that name."""
 
 
 class RunNotFound(AioflowError):

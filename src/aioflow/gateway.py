@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import codec, openapi, tracing, versions
+from . import codec, openapi, schedule, tracing, versions
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
@@ -24,6 +24,7 @@ from .errors import (
     RunNotFound,
     Unauthorized,
     UnknownFlow,
+    UnknownSchedule,
 )
 from .guard import GUARD, authorize, install
 from .keys import RunId, check_flow_name
@@ -53,6 +54,7 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 
 _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (UnknownFlow, 404, "unknown_flow"),
+    (UnknownSchedule, 404, "unknown_schedule"),
     (RunNotFound, 404, "run_not_found"),
     (InvalidRunId, 400, "invalid_id"),
     (InvalidCallbackUrl, 400, "invalid_callback_url"),
@@ -265,7 +267,18 @@ async def flow_definition(request: web.Request) -> web.Response:
     info = await engine.flow_info(name)
     doc = dict(info.definition)
     doc.update(await versions.listing(engine.redis, name, window=engine.pins.window))
+    doc["schedules"] = [st.to_json() for st in await schedule.states(engine, name)]
     return _json(doc)
+
+
+async def schedule_control(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    action = request.match_info["action"]
+    if action not in ("pause", "resume"):
+        raise web.HTTPNotFound(text=f"unknown action {action!r}")
+    fn = schedule.pause if action == "pause" else schedule.resume
+    st = await fn(engine, _flow_name(request), request.match_info["schedule"])
+    return _json(st.to_json())
 
 
 async def list_flows(request: web.Request) -> web.Response:
@@ -349,8 +362,11 @@ def create_app(
                 backoff = min(backoff * 2, 2.0)
 
     registering: list[asyncio.Task[None]] = []
+    ticker = schedule.Scheduler(redis, [f.name for f in flows or []], engine.clock, engine=engine)
 
     async def on_startup(_: web.Application) -> None:
+        if flows:  # ticks what is registered: it waits for the registration below
+            registering.append(asyncio.create_task(ticker.run(), name="aioflow-sched"))
         # the gateway serves (503 while Redis is away) even if Redis is not up yet
         if flows:
             try:
@@ -365,6 +381,7 @@ def create_app(
     async def on_cleanup(_: web.Application) -> None:
         for t in registering:
             t.cancel()
+        await asyncio.gather(*registering, return_exceptions=True)
         await engine.close()
 
     app.on_startup.append(on_startup)
@@ -383,4 +400,5 @@ def create_app(
     app.router.add_get("/flow/{name}/runs", list_runs)
     app.router.add_get("/flow/{name}/run/{run_id}", run_state)
     app.router.add_post("/flow/{name}/run/{run_id}/{action}", run_control)
+    app.router.add_post("/flow/{name}/schedule/{schedule}/{action}", schedule_control)
     return app

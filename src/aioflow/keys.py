@@ -15,6 +15,8 @@ vertices travel on, so each script touches one Cluster slot::
     af:{flow:p}:done               pub/sub channel: "<key>\\n<status>\\n<payload>"
     af:ctl                         pub/sub channel: control (stop) messages for workers
     af:workers                     hash  worker name -> heartbeat JSON (host, pid, last read)
+    af:sched:<flow>                zset  schedule name -> last tick done (epoch ms, ZADD GT)
+    af:sched:<flow>:paused         set   names of the flow's paused schedules
 
 A run id is ``<flow>.<partition>.<key>``: it names its flow and partition.
 """
@@ -90,6 +92,14 @@ def tag(flow: str, partition: int) -> str:
 
 def stream(flow: str, partition: int) -> str:
     return f"{tag(flow, partition)}:q"
+
+
+def schedules(flow: str) -> str:
+    return f"af:sched:{flow}"
+
+
+def paused_schedules(flow: str) -> str:
+    return f"af:sched:{flow}:paused"
 
 
 def done_channel(flow: str, partition: int) -> str:

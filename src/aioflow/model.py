@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 from .errors import DefinitionError
 from .policy import RetryPolicy
+from .ticks import Schedule
 
 __all__ = ["Dag", "Edge", "Flow", "Vertex"]
 
@@ -401,9 +402,38 @@ class Flow(Dag):
         self.partitions = partitions
         self.on_failure = on_failure
         self.finally_ = finally_
+        self.schedules: dict[str, Schedule] = {}
 
     def _label(self) -> str:
         return f"flow {self.name!r}"
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        every: float | None = None,
+        cron: str | None = None,
+        data: Any = None,
+        timezone: str = "UTC",
+        catch_up: int = 0,
+    ) -> Schedule:
+        """Start one run of this flow per tick, on ``data``, however many workers
+        and gateways run: every ``every`` seconds (at least 1), or on the cron
+        expression ``cron`` (5 fields, or 6 with seconds first) read in
+        ``timezone``. Up to ``catch_up`` ticks missed while nothing ran still
+        run. Raises :class:`DefinitionError` naming the schedule when it is
+        malformed or its name is taken. See :class:`aioflow.Schedule`."""
+        check_name(name, "schedule")
+        if name in self.schedules:
+            raise DefinitionError(f"{self._label()}: duplicate schedule name {name!r}")
+        try:
+            sched = Schedule(
+                name, every=every, cron=cron, data=data, timezone=timezone, catch_up=catch_up
+            )
+        except DefinitionError as e:
+            raise DefinitionError(f"{self._label()}: {e}") from None
+        self.schedules[name] = sched
+        return sched
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, vertices={list(self.vertices)})"

@@ -301,7 +301,7 @@ def build() -> dict[str, Any]:
         },
         "/flow/{name}": {
             "get": _op(
-                "A flow's definition",
+                "A flow's definition and its schedules (paused, last and next tick)",
                 {
                     "200": _json("The definition", {"type": "object"}),
                     "400": _BAD_ID,
@@ -429,6 +429,28 @@ def build() -> dict[str, Any]:
                     _path("action", "What to do", enum=["pause", "resume", "stop", "retry"]),
                 ],
                 op_id="controlRun",
+            )
+        },
+        "/flow/{name}/schedule/{schedule}/{action}": {
+            "post": _op(
+                "Pause or resume one of the flow's schedules, in every process",
+                {
+                    "200": _json("The schedule and its state", {"type": "object"}),
+                    "400": _BAD_ID,
+                    "404": _error(
+                        "Unknown flow, schedule or action",
+                        "unknown_flow",
+                        "unknown_schedule",
+                        "not_found",
+                    ),
+                },
+                security=_ADMIN,
+                parameters=[
+                    _FLOW,
+                    _path("schedule", "Schedule name", maxLength=64),
+                    _path("action", "What to do", enum=["pause", "resume"]),
+                ],
+                op_id="controlSchedule",
             )
         },
     }

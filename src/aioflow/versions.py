@@ -146,6 +146,8 @@ def shape(flow: Flow) -> dict[str, Any]:
     doc["dag"] = _canonical(doc["dag"])
     doc["retry"] = _policies(flow)
     doc["hooks"] = [flow.on_failure is not None, flow.finally_ is not None]
+    # a deploy that only changes a schedule is a new version: it takes effect
+    doc["schedules"] = sorted((s.to_doc() for s in flow.schedules.values()), key=str)
     return doc
 
 
@@ -176,6 +178,7 @@ def flow_doc(flow: Flow, now: float, parts: int) -> dict[str, Any]:
         "entries": list(plan.entries),
         "hooks": flow.on_failure is not None or flow.finally_ is not None,
         "definition": {**flow.describe(), "partitions": parts},
+        "schedules": [s.to_doc() for s in flow.schedules.values()],
     }
 
 

@@ -23,12 +23,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import codec, keys, metrics, tracing
+from .clock import wait as clock_wait
 from .conn import Lean, RedisPyLean
 from .engine import REDIS_ERRORS, partitions_of, register
 from .errors import ConfigError
 from .keys import RunId
 from .model import Flow
 from .plan import compile_dag, resolve
+from .schedule import ticking
 from .scripts import SCRIPTS
 from .settings import Settings
 from .topology import Addr, Backend, RedisClient, Router, as_text
@@ -182,6 +184,7 @@ class Worker:
             asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
             asyncio.create_task(self._delayed_loop(), name="aioflow-delayed"),
             asyncio.create_task(self._control_loop(), name="aioflow-control"),
+            asyncio.create_task(ticking(self.backend.given, self.flows, self.clock)),
         ]
         try:
             await self._stopping.wait()
@@ -603,8 +606,7 @@ class Worker:
             # others' retries and delayed starts are found by polling every 0.25 s
             wait = 0.25 if self._next_due == 0 else max(0.0, min(0.25, self._next_due - now))
             self._due_event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due_event.wait(), wait)
+            await clock_wait(self.clock, self._due_event, wait, poll=0.25)
             now = self.clock()
             nxt = 0.0
             for stream in self._stream_list:

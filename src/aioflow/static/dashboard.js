@@ -332,6 +332,9 @@ async function loadFlows() {
 function markFlows() {
   for (const a of $("flows").querySelectorAll("a")) a.classList.toggle("sel", a.getAttribute("data-flow") === S.flow);
 }
+const schedText = (x) => String(x.name) + " (" +
+  (x.cron ? "cron " + x.cron + " " + x.timezone : "every " + x.every + " s") +
+  (x.paused ? ", paused)" : ", next " + x.next_tick_at + ")");
 async function loadDef() {
   const flow = S.flow;
   S.vboxes = [];
@@ -343,8 +346,10 @@ async function loadDef() {
     S.vboxes = [];
     const dag = def && def.dag;
     if (!dag || !Array.isArray(dag.vertices)) { fill($("dag"), "flow has no DAG"); return; }
+    const scheds = Array.isArray(def.schedules) ? def.schedules : [];
     fill($("dag"), h("div", {class: "legend"},
       "● entry  ○ exit  · solid = data edge, dashed = control only, amber = forward, purple = back edge · dashed purple boxes are subdag/branch/foreach (click to expand)"),
+      scheds.length ? h("div", {class: "legend", id: "schedules"}, "schedules: " + scheds.map(schedText).join(" · ")) : null,
       drawDag(dag, "", 0));
     colourDag();
   } catch (e) { if (flow === S.flow) fill($("dag"), "error: " + errText(e)); }
