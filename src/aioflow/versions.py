@@ -146,8 +146,6 @@ def shape(flow: Flow) -> dict[str, Any]:
     doc["dag"] = _canonical(doc["dag"])
     doc["retry"] = _policies(flow)
     doc["hooks"] = [flow.on_failure is not None, flow.finally_ is not None]
-    # a deploy that only changes a schedule is a new version: it takes effect
-    doc["schedules"] = sorted((s.to_doc() for s in flow.schedules.values()), key=str)
     return doc
 
 
@@ -220,6 +218,18 @@ async def register(
                 raise r
         if res[0] or not res[2 if seen else 1]:
             await redis.hset(keys.FLOWS, flow.name, raw)
+        elif seen:
+            # schedules are not part of the version (they do not change how a run
+            # executes), but a deploy that changes them must take effect: the
+            # process that starts serving the current version last brings its own
+            cur: Any = await redis.hget(keys.FLOWS, flow.name)
+            if cur is not None:
+                old = codec.loads(cur)
+                if (
+                    old.get("version") == doc["version"]
+                    and old.get("schedules") != doc["schedules"]
+                ):
+                    await redis.hset(keys.FLOWS, flow.name, raw)
 
 
 async def refresh(
