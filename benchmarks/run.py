@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -373,6 +374,35 @@ class Profiler:
                 (self.out_dir / f"{workload}-{name}.txt").write_text(text + "\n")
 
 
+class Straced:
+    """``strace -c -f`` on the workers, this process and redis-server for the span of one
+    workload: syscall counts and kernel time per process (strace slows each one down)."""
+
+    def __init__(self, out_dir: Path, targets: dict[str, int]) -> None:
+        if shutil.which("strace") is None:
+            raise SystemExit("--strace needs strace on PATH")
+        self.out_dir = out_dir
+        self.targets = targets
+
+    @contextlib.contextmanager
+    def record(self, workload: str, sink: dict[str, Any]) -> Iterator[None]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        try:
+            for name, pid in self.targets.items():
+                out = self.out_dir / f"{workload}-{name}.strace"
+                cmd = ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)]
+                procs[name] = (subprocess.Popen(cmd, stderr=subprocess.DEVNULL), out)
+            time.sleep(0.5)  # let strace attach to every thread
+            yield
+        finally:
+            for name, (proc, out) in procs.items():
+                proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)
+                sink[f"strace-{name}"] = out.read_text() if out.exists() else ""
+
+
 # -- the workloads -----------------------------------------------------------------------
 
 
@@ -636,6 +666,7 @@ class Options:
     processes: int = 1
     redis_urls: list[str] = field(default_factory=list)  # empty: start a redis-server
     warmup: bool = True
+    strace: Path | None = None
 
 
 async def measure(
@@ -646,6 +677,7 @@ async def measure(
     opts: Options,
     pids: list[int],
     profiler: Profiler | None,
+    straced: Straced | None = None,
 ) -> Outcome:
     """Run one workload once, metered (and profiled with ``--profile``)."""
     meter = Meter(nodes, pids, slowlog=opts.script_stats)
@@ -657,7 +689,10 @@ async def measure(
         work = bulk_then_wait(client, spec, n, meter)
     else:
         work = submit_then_wait(client, spec, n, meter)
-    with profiler.record(spec.key, profiles) if profiler else contextlib.nullcontext():
+    with (
+        profiler.record(spec.key, profiles) if profiler else contextlib.nullcontext(),
+        straced.record(spec.key, profiles) if straced else contextlib.nullcontext(),
+    ):
         out = await work  # it starts the meter itself (W2: after its warm-up)
         out.usage = await meter.stop(n * spec.vertices, "results")
     out.profiles = profiles
@@ -689,6 +724,13 @@ async def bench(
             if opts.profile
             else None
         )
+        straced = None
+        if opts.strace:
+            names = {f"worker{i}": pid for i, pid in enumerate(targets)}
+            names["client"] = os.getpid()
+            if nodes[0].pid:
+                names["redis"] = nodes[0].pid
+            straced = Straced(opts.strace, names)
         outcomes: list[Outcome] = []
         async with aioflow.Client(url) as client:
             # warm every flow up (scripts loaded, connections open, caches filled)
@@ -710,7 +752,7 @@ async def bench(
                     n = scaled(spec.count, opts.scale)
                     round_ = f" (round {rep + 1}/{opts.repeat})" if opts.repeat > 1 else ""
                     print(f"  {key}: {n:,} {spec.title}{round_} ...", end="", flush=True)
-                    out = await measure(client, nodes, spec, n, opts, pids, profiler)
+                    out = await measure(client, nodes, spec, n, opts, pids, profiler, straced)
                     runs[key].append(out)
                     bad = f", {len(out.errors)} ERRORS" if out.errors else ""
                     print(f" {out.seconds:.2f}s{bad}")
@@ -879,6 +921,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "client use the first) instead of starting a redis-server",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the unmetered warm-up round")
+    p.add_argument(
+        "--strace", type=Path, default=None, help="strace -c workers, client and redis into DIR"
+    )
     p.add_argument("--concurrency", type=int, default=100, help="per worker (default 100)")
     p.add_argument(
         "--repeat", type=int, default=1, help="rounds of each workload; the median is shown"
@@ -923,6 +968,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         a.processes,
         [u.strip() for u in a.redis_url.split(",") if u.strip()],
         not a.no_warmup,
+        a.strace,
     )
 
 
@@ -1014,9 +1060,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(usage_table(outcomes))
     for o in outcomes:
-        if o.profiles and opts.profile:
-            for name in o.profiles:
-                print()
+        for name, prof in o.profiles.items():
+            print()
+            if name.startswith("strace-"):
+                print(f"{o.spec.key} {name} (strace -c -f)\n{prof.rstrip()}")
+            elif opts.profile:
                 print((opts.profile / f"{o.spec.key}-{name}.txt").read_text().rstrip())
 
     import hiredis
