@@ -16,6 +16,7 @@ from aioflow import keys
 from aioflow.engine import register
 from aioflow.gateway import create_app
 from aioflow.keys import RunId
+from aioflow.topology import RedisClient
 from tests.engine_helpers import Stack, running
 
 T = 10.0
@@ -33,7 +34,7 @@ def make_flow() -> aioflow.Flow:
     return flow
 
 
-async def run_keys(redis: Redis) -> set[str]:
+async def run_keys(redis: RedisClient) -> set[str]:
     found: set[str] = set()
     for p in range(PARTS):
         members: Any = await redis.zrange(f"{keys.tag('bulk', p)}:i", 0, -1)
@@ -41,8 +42,8 @@ async def run_keys(redis: Redis) -> set[str]:
     return found
 
 
-async def test_ids_come_back_in_input_order(redis_url: str) -> None:
-    async with running([make_flow()], redis_url) as stack:
+async def test_ids_come_back_in_input_order(any_redis_url: str) -> None:
+    async with running([make_flow()], any_redis_url) as stack:
         inputs = list(range(50))
         ids = await stack.client.submit_many("bulk", inputs, options={"k": ["v"]})
         assert len(ids) == 50 and len(set(ids)) == 50
@@ -50,8 +51,8 @@ async def test_ids_come_back_in_input_order(redis_url: str) -> None:
             assert await stack.client.result(rid, timeout=T) == {"x": i, "opts": {"k": ["v"]}}
 
 
-async def test_a_batch_spans_several_partitions(redis_url: str) -> None:
-    async with running([make_flow()], redis_url) as stack:
+async def test_a_batch_spans_several_partitions(any_redis_url: str) -> None:
+    async with running([make_flow()], any_redis_url) as stack:
         ids = await stack.client.submit_many("bulk", range(40))
         parts = {RunId.parse(r).partition for r in ids}
         assert parts == set(range(PARTS))
@@ -71,8 +72,8 @@ async def test_batch_runs_look_like_single_submits(redis_url: str) -> None:
         assert h1[b"input"] == h2[b"input"] and h1[b"opts"] == h2[b"opts"]
 
 
-async def test_caller_chosen_ids_are_deduplicated(redis_url: str) -> None:
-    async with running([make_flow()], redis_url) as stack:
+async def test_caller_chosen_ids_are_deduplicated(any_redis_url: str) -> None:
+    async with running([make_flow()], any_redis_url) as stack:
         first = await stack.client.submit("bulk", "old", run_id="a")
         ids = await stack.client.submit_many(
             "bulk", ["new-a", "b", "b-again", "fresh"], run_ids=["a", "b", "b", None]

@@ -120,4 +120,7 @@ async def submit_many(
             submitted=[str(r) for i, r in enumerate(rids) if i not in lost],
             unknown={i: str(rids[i]) for i in sorted(lost)},
         ) from first_error
+    if engine.submit_replicas:  # as submit does: WAIT once on each partition's master
+        for idx in by_part.values():
+            await engine._replicated(rids[idx[0]])
     return list(zip(rids, created, strict=True))
