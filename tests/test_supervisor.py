@@ -125,8 +125,6 @@ async def test_sigterm_drains_every_child_and_loses_no_run(
         assert await asyncio.to_thread(supervisor.wait, T) == 0
         assert not any(alive(k) for k in kids)
         states = [await client.state(r) for r in ids]
-        finished = [s for s in states if s.status is Status.COMPLETED]
-        assert len(finished) >= 10  # the ones in flight finished during the drain
         # nothing failed; what did not finish (never read, or claimed and handed back
         # unstarted: still "running") waits in the stream for the next worker
         assert not [s for s in states if s.status.finished and s.status is not Status.COMPLETED]
