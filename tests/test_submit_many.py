@@ -146,7 +146,11 @@ async def test_redis_failing_mid_batch_says_what_exists(redis_url: str, redis: R
     broken = 1
     allowed = [f"~af:{{bulk:{p}}}:*" for p in range(PARTS) if p != broken]
     await redis.acl_setuser(
-        "bulk", enabled=True, passwords=["+pw"], keys=["af:flows", *allowed], commands=["+@all"]
+        "bulk",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["af:flows", "af:fv*", *allowed],
+        commands=["+@all"],
     )
     try:
         url = redis_url.replace("redis://", "redis://bulk:pw@")
