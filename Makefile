@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --repeat 3
 
 clean:
 	rm -rf $(VENV) .aioflow .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,7 @@ if str(HERE) not in sys.path:
 import bench_app  # noqa: E402
 import pyspy  # noqa: E402
 import uvloop  # noqa: E402
+from procstat import children_of, local_redis_pid, proc_cpu, tree_cpu  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 import aioflow  # noqa: E402
@@ -72,6 +74,7 @@ RESULTS = HERE / "results"
 APP_SPEC = "benchmarks/bench_app.py:app"
 RESULT_TIMEOUT = 600.0
 SLOWLOG_MAX = 1_000_000
+METER_COMMANDS = ("info", "config", "slowlog", "client")  # the meter's own, left out
 MORE_ARGS = re.compile(rb"\.\.\. \((\d+) more arguments\)$")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UVLOOP_VERSION: str = getattr(uvloop, "__version__", "?")
@@ -91,26 +94,37 @@ class Spec:
     peer_label: str
     prototype: float
     unit: str
+    batch: int = 0  # W5: runs per submit_many call
 
 
+# Peer figures: saq and arq measured on this machine against the same Redis, in one run,
+# on 2026-12-01 (the best of the two for each workload).
 SPECS = {
     "W1": Spec(
-        "W1", "single-node runs", 10_000, 1, "bench-single", 3000, "3,000 tasks/s (arq)", 14_000,
+        "W1", "single-node runs", 10_000, 1, "bench-single", 1712, "1,712 runs/s (arq)", 14_000,
         "runs/s",
     ),
     "W2": Spec(
-        "W2", "execute() round trips", 300, 1, "bench-single", 0.7, "0.7 ms (SAQ)", 0.15, "ms",
+        "W2", "execute() round trips", 300, 1, "bench-single", 1.53, "1.53 ms (saq)", 0.15, "ms",
     ),
     "W3": Spec(
-        "W3", "three-node chains", 1_000, 3, "bench-chain", 1000, "1,000 chains/s (SAQ)", 13_000,
+        "W3", "three-node chains", 1_000, 3, "bench-chain", 395, "395 chains/s (arq)", 13_000,
         "chains/s",
     ),
     "W4": Spec(
-        "W4", "10-way fan-out runs", 200, 12, "bench-fanout", 290, "290 runs/s (SAQ)", 7_000,
+        "W4", "10-way fan-out runs", 200, 12, "bench-fanout", 114, "114 runs/s (arq)", 7_000,
         "runs/s",
     ),
+    "W5": Spec(
+        "W5", "bulk-submitted runs", 100_000, 1, "bench-single", 0, "-", 0, "runs/s",
+        batch=1000,
+    ),
 }  # fmt: skip
+# CPU per single-vertex run (W1) of the peers, client + worker + Redis, same measurement
+PEER_CPU_US = {"arq": 1023, "saq": 1419}
 W2_WARMUP = 50
+AWAIT_CHUNK = 10_000
+WARMUP_SCALE = 0.1  # an unmetered round of each workload at this share of its size first
 
 
 @dataclass
@@ -132,16 +146,6 @@ class Outcome:
 # -- resource accounting -----------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user, system) used so far by process ``pid``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0, 0.0
-    fields = stat.rpartition(")")[2].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
 def system_cpu() -> float:
     """CPU seconds all processes of the machine have used (busy time of /proc/stat)."""
     try:
@@ -152,10 +156,34 @@ def system_cpu() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-async def redis_cpu(redis: Redis) -> tuple[float, float]:
-    """CPU seconds (user, system) redis-server has used so far."""
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]), float(info["used_cpu_sys"])
+@dataclass
+class Node:
+    """One Redis server metered: its CPU from /proc when it runs on this machine (the
+    pid ``INFO server`` reports), else from ``INFO cpu``."""
+
+    redis: Redis
+    pid: int | None = None
+    meter_calls: int = 0  # commands the meter itself sent (left out of the counts)
+
+    @classmethod
+    async def open(cls, url: str) -> Node:
+        redis = connect(url)
+        info = await redis.info("server")
+        return cls(redis, local_redis_pid(int(info["process_id"])))
+
+    async def cpu(self) -> tuple[float, float]:
+        """CPU seconds (user, system) redis-server has used so far."""
+        if self.pid is not None:
+            return proc_cpu(self.pid)
+        self.meter_calls += 1
+        info = await self.redis.info("cpu")
+        return float(info["used_cpu_user"]), float(info["used_cpu_sys"])
+
+    async def reads(self) -> int:
+        """Reads from client sockets so far: one per request or pipeline = a round trip."""
+        self.meter_calls += 1
+        info = await self.redis.info("stats")
+        return int(info.get("total_reads_processed", 0))
 
 
 @dataclass(frozen=True)
@@ -186,26 +214,31 @@ class Meter:
     """CPU of redis-server, the workers and this process over a workload (and over
     its phases, see :meth:`mark`), and the Redis command statistics of that span."""
 
-    def __init__(self, redis: Redis, worker_pids: list[int], *, slowlog: bool = False) -> None:
-        self.redis = redis
-        self.worker_pids = worker_pids
+    def __init__(self, nodes: list[Node], worker_pids: list[int], *, slowlog: bool = False) -> None:
+        self.nodes = nodes
+        self.redis = nodes[0].redis  # SLOWLOG script stats: of the first node only
+        self.worker_pids = worker_pids  # each with its descendants (--processes)
         self.slowlog = slowlog
         self.marks: list[tuple[str, Snapshot]] = []
+        self.reads0 = 0
 
     async def snapshot(self) -> Snapshot:
-        rcpu = await redis_cpu(self.redis)
-        workers = [proc_cpu(p) for p in self.worker_pids]
+        rcpu = [await n.cpu() for n in self.nodes]
         me = resource.getrusage(resource.RUSAGE_SELF)  # microsecond resolution
         return Snapshot(
             time.perf_counter(),
-            rcpu,
-            (sum(w[0] for w in workers), sum(w[1] for w in workers)),
+            (sum(c[0] for c in rcpu), sum(c[1] for c in rcpu)),
+            tree_cpu(self.worker_pids),
             (me.ru_utime, me.ru_stime),
             system_cpu(),
         )
 
     async def start(self) -> None:
-        await self.redis.config_resetstat()
+        for n in self.nodes:
+            await n.redis.config_resetstat()
+        self.reads0 = sum([await n.reads() for n in self.nodes])
+        for n in self.nodes:
+            n.meter_calls = 0
         if self.slowlog:
             await self.redis.config_set("slowlog-max-len", SLOWLOG_MAX)
             await self.redis.config_set("slowlog-log-slower-than", 0)
@@ -218,29 +251,47 @@ class Meter:
 
     async def stop(self, vertices: int, last_phase: str = "end") -> dict[str, Any]:
         await self.mark(last_phase)
-        stats = await self.redis.info("commandstats")
+        reads = sum([await n.reads() for n in self.nodes])
+        reads -= self.reads0 + sum(n.meter_calls for n in self.nodes)
+        merged: dict[str, list[int]] = {}
+        for n in self.nodes:
+            for k, v in (await n.redis.info("commandstats")).items():
+                if isinstance(v, dict):
+                    calls_usec = merged.setdefault(k.removeprefix("cmdstat_"), [0, 0])
+                    calls_usec[0] += int(v["calls"])
+                    calls_usec[1] += int(v["usec"])
         commands: list[dict[str, Any]] = sorted(
             (
                 {
-                    "command": k.removeprefix("cmdstat_"),
-                    "calls": int(v["calls"]),
-                    "usec": int(v["usec"]),
-                    "usec_per_call": float(v["usec_per_call"]),
+                    "command": name,
+                    "calls": calls,
+                    "usec": usec,
+                    "usec_per_call": round(usec / calls, 2) if calls else 0.0,
                 }
-                for k, v in stats.items()
-                if isinstance(v, dict)
+                for name, (calls, usec) in merged.items()
+                if not name.startswith(METER_COMMANDS)
             ),
             key=lambda c: -int(c["usec"]),
         )
         scripts = await self._scripts() if self.slowlog else None
         total = self.marks[-1][1].minus(self.marks[0][1])
         per_vertex = 1e6 / vertices if vertices else 0.0
+        calls = sum(c["calls"] for c in commands)
+        evalsha = sum(c["calls"] for c in commands if c["command"] in ("evalsha", "eval"))
         out: dict[str, Any] = {
             **total,
             "vertices": vertices,
             "redis_us_per_vertex": round(total["redis_cpu_s"] * per_vertex, 2),
             "worker_us_per_vertex": round(total["worker_cpu_s"] * per_vertex, 2),
             "client_us_per_vertex": round(total["client_cpu_s"] * per_vertex, 2),
+            "total_us_per_vertex": round(
+                (total["redis_cpu_s"] + total["worker_cpu_s"] + total["client_cpu_s"]) * per_vertex,
+                2,
+            ),
+            # every command Redis ran, those called inside scripts included
+            "commands_per_vertex": round(calls / vertices, 2) if vertices else 0.0,
+            "evalsha_per_vertex": round(evalsha / vertices, 3) if vertices else 0.0,
+            "round_trips_per_vertex": round(reads / vertices, 3) if vertices else 0.0,
             "commands": commands[:15],
             **({"scripts": scripts} if scripts is not None else {}),
         }
@@ -323,6 +374,35 @@ class Profiler:
                 (self.out_dir / f"{workload}-{name}.txt").write_text(text + "\n")
 
 
+class Straced:
+    """``strace -c -f`` on the workers, this process and redis-server for the span of one
+    workload: syscall counts and kernel time per process (strace slows each one down)."""
+
+    def __init__(self, out_dir: Path, targets: dict[str, int]) -> None:
+        if shutil.which("strace") is None:
+            raise SystemExit("--strace needs strace on PATH")
+        self.out_dir = out_dir
+        self.targets = targets
+
+    @contextlib.contextmanager
+    def record(self, workload: str, sink: dict[str, Any]) -> Iterator[None]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        try:
+            for name, pid in self.targets.items():
+                out = self.out_dir / f"{workload}-{name}.strace"
+                cmd = ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)]
+                procs[name] = (subprocess.Popen(cmd, stderr=subprocess.DEVNULL), out)
+            time.sleep(0.5)  # let strace attach to every thread
+            yield
+        finally:
+            for name, (proc, out) in procs.items():
+                proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)
+                sink[f"strace-{name}"] = out.read_text() if out.exists() else ""
+
+
 # -- the workloads -----------------------------------------------------------------------
 
 
@@ -353,6 +433,30 @@ async def submit_then_wait(client: aioflow.Client, spec: Spec, n: int, meter: Me
     submitted = time.perf_counter() - t0
     await meter.mark("submit")
     await _await_all(client, spec.flow, ids, 0, errors)
+    seconds = time.perf_counter() - t0
+    return Outcome(
+        spec,
+        n,
+        seconds,
+        n / seconds,
+        extra={"submit_s": round(submitted, 4), "submits_per_s": round(n / submitted, 1)},
+        errors=errors,
+    )
+
+
+async def bulk_then_wait(client: aioflow.Client, spec: Spec, n: int, meter: Meter) -> Outcome:
+    """Submit ``n`` runs with ``submit_many`` in batches of ``spec.batch``, then await every
+    result (W5)."""
+    errors: list[str] = []
+    await meter.start()
+    t0 = time.perf_counter()
+    ids: list[str] = []
+    for first in range(0, n, spec.batch):
+        ids += await client.submit_many(spec.flow, range(first, min(n, first + spec.batch)))
+    submitted = time.perf_counter() - t0
+    await meter.mark("submit")
+    for first in range(0, n, AWAIT_CHUNK):  # bounded memory for 100k waits
+        await _await_all(client, spec.flow, ids[first : first + AWAIT_CHUNK], first, errors)
     seconds = time.perf_counter() - t0
     return Outcome(
         spec,
@@ -421,8 +525,10 @@ async def round_trips(
 
 
 def start_workers(
-    url: str, n: int, concurrency: int, log_dir: Path
+    url: str, n: int, concurrency: int, log_dir: Path, processes: int = 1
 ) -> list[subprocess.Popen[bytes]]:
+    """``n`` worker commands, each ``--processes`` worker processes under a supervisor
+    when ``processes`` > 1."""
     procs = []
     for i in range(n):
         log = open(log_dir / f"worker{i}.log", "wb")  # the child keeps its own copy
@@ -443,6 +549,7 @@ def start_workers(
                         str(concurrency),
                         "--grace",
                         "5",
+                        *(["--processes", str(processes)] if processes > 1 else []),
                     ],
                     cwd=ROOT,
                     stdin=subprocess.DEVNULL,
@@ -480,7 +587,11 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 async def wait_ready(
-    redis: Redis, procs: Sequence[subprocess.Popen[bytes]], log_dir: Path, timeout: float = 30.0
+    redis: Redis,
+    procs: Sequence[subprocess.Popen[bytes]],
+    log_dir: Path,
+    timeout: float = 60.0,
+    processes: int = 1,
 ) -> None:
     """Until every worker process has registered the flows and sits in XREADGROUP.
 
@@ -497,11 +608,12 @@ async def wait_ready(
                 )
         registered = await redis.hmget(keys.FLOWS, names)
         readers = [c for c in await redis.client_list() if c.get("cmd") == "xreadgroup"]
-        if all(registered) and len(readers) >= len(procs):
+        if all(registered) and len(readers) >= len(procs) * processes:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"workers not ready after {timeout}s ({len(readers)} of {len(procs)} reading)"
+                f"workers not ready after {timeout}s "
+                f"({len(readers)} of {len(procs) * processes} reading)"
             )
         await asyncio.sleep(0.05)
 
@@ -551,26 +663,36 @@ class Options:
     wait_quiet: float
     repeat: int
     script_stats: bool
+    processes: int = 1
+    redis_urls: list[str] = field(default_factory=list)  # empty: start a redis-server
+    warmup: bool = True
+    strace: Path | None = None
 
 
 async def measure(
     client: aioflow.Client,
-    redis: Redis,
+    nodes: list[Node],
     spec: Spec,
     n: int,
     opts: Options,
     pids: list[int],
     profiler: Profiler | None,
+    straced: Straced | None = None,
 ) -> Outcome:
     """Run one workload once, metered (and profiled with ``--profile``)."""
-    meter = Meter(redis, pids, slowlog=opts.script_stats)
+    meter = Meter(nodes, pids, slowlog=opts.script_stats)
     profiles: dict[str, Any] = {}
     work: Coroutine[Any, Any, Outcome]
     if spec.key == "W2":
         work = round_trips(client, spec, n, scaled(W2_WARMUP, opts.scale), meter)
+    elif spec.batch:
+        work = bulk_then_wait(client, spec, n, meter)
     else:
         work = submit_then_wait(client, spec, n, meter)
-    with profiler.record(spec.key, profiles) if profiler else contextlib.nullcontext():
+    with (
+        profiler.record(spec.key, profiles) if profiler else contextlib.nullcontext(),
+        straced.record(spec.key, profiles) if straced else contextlib.nullcontext(),
+    ):
         out = await work  # it starts the meter itself (W2: after its warm-up)
         out.usage = await meter.stop(n * spec.vertices, "results")
     out.profiles = profiles
@@ -584,20 +706,31 @@ async def bench(
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    redis = connect(url)
+    nodes = [await Node.open(u) for u in opts.redis_urls or [url]]
+    redis = nodes[0].redis
     pids = [p.pid for p in procs]
     try:
-        await wait_ready(redis, procs, log_dir)
+        await wait_ready(redis, procs, log_dir, processes=opts.processes)
         server = await redis.info("server")
         env = {
             "redis_version": server["redis_version"],
             "appendonly": (await redis.config_get("appendonly"))["appendonly"],
+            "redis_nodes": len(nodes),
+            "redis_cpu_from": "/proc" if all(n.pid for n in nodes) else "INFO cpu",
         }
+        targets = children_of(pids) if opts.processes > 1 else pids
         profiler = (
-            Profiler(opts.profile, pids, opts.profile_rate, native=opts.profile_native)
+            Profiler(opts.profile, targets, opts.profile_rate, native=opts.profile_native)
             if opts.profile
             else None
         )
+        straced = None
+        if opts.strace:
+            names = {f"worker{i}": pid for i, pid in enumerate(targets)}
+            names["client"] = os.getpid()
+            if nodes[0].pid:
+                names["redis"] = nodes[0].pid
+            straced = Straced(opts.strace, names)
         outcomes: list[Outcome] = []
         async with aioflow.Client(url) as client:
             # warm every flow up (scripts loaded, connections open, caches filled)
@@ -606,6 +739,12 @@ async def bench(
                     assert await client.execute(f.name, i, timeout=30) == bench_app.expected(
                         f.name, i
                     )
+            if opts.warmup:  # one smaller, unmetered round of each workload
+                print(f"  warm-up ({WARMUP_SCALE:g} of each workload) ...", end="", flush=True)
+                for key in opts.only:
+                    n = scaled(SPECS[key].count, opts.scale * WARMUP_SCALE)
+                    await measure(client, nodes, SPECS[key], n, opts, pids, None)
+                print(" done")
             runs: dict[str, list[Outcome]] = {key: [] for key in opts.only}
             for rep in range(opts.repeat):
                 for key in opts.only:
@@ -613,7 +752,7 @@ async def bench(
                     n = scaled(spec.count, opts.scale)
                     round_ = f" (round {rep + 1}/{opts.repeat})" if opts.repeat > 1 else ""
                     print(f"  {key}: {n:,} {spec.title}{round_} ...", end="", flush=True)
-                    out = await measure(client, redis, spec, n, opts, pids, profiler)
+                    out = await measure(client, nodes, spec, n, opts, pids, profiler, straced)
                     runs[key].append(out)
                     bad = f", {len(out.errors)} ERRORS" if out.errors else ""
                     print(f" {out.seconds:.2f}s{bad}")
@@ -629,7 +768,8 @@ async def bench(
                 outcomes.append(out)
         return env, outcomes
     finally:
-        await redis.aclose()
+        for node in nodes:
+            await node.redis.aclose()
 
 
 def fmt_value(key: str, v: float) -> str:
@@ -640,51 +780,76 @@ def fmt_value(key: str, v: float) -> str:
 
 def ratio(key: str, ours: float, theirs: float) -> float:
     """> 1 means aioflow is better (throughput: ours/theirs, latency: theirs/ours)."""
+    if not theirs:
+        return math.nan
     if key == "W2":
         return theirs / ours if ours else math.inf
     return ours / theirs
 
 
+def _x(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.2f}x"
+
+
+COLUMNS = (
+    "workload",
+    "aioflow",
+    "best peer",
+    "vs peer",
+    "vs proto",
+    "client",
+    "worker",
+    "redis",
+    "total",
+    "cmds",
+    "evalsha",
+    "trips",
+)
+
+
 def table(outcomes: Sequence[Outcome]) -> str:
-    rows = [("workload", "aioflow", "best peer", "vs peer", "prototype", "vs proto")]
+    """The one table: throughput against the peers, and per vertex the CPU microseconds
+    of each process, the Redis commands (those inside scripts included), the EVALSHA
+    calls and the round trips (socket reads Redis served)."""
+    rows: list[tuple[str, ...]] = [COLUMNS]
     for o in outcomes:
-        s = o.spec
+        s, u = o.spec, o.usage
         label = f"{s.key} {o.count:,} {s.title}"
         if s.key == "W2":
             label = f"W2 execute() p50 ({o.count} calls)"
-        proto = f"{s.prototype:g} ms" if s.key == "W2" else f"{s.prototype:,.0f}"
         rows.append(
             (
                 label,
                 fmt_value(s.key, o.value),
                 s.peer_label,
-                f"{ratio(s.key, o.value, s.peer):.2f}x",
-                proto,
-                f"{ratio(s.key, o.value, s.prototype):.2f}x",
+                _x(ratio(s.key, o.value, s.peer)),
+                _x(ratio(s.key, o.value, s.prototype)),
+                *(f"{u[f'{k}_us_per_vertex']:.1f}" for k in ("client", "worker", "redis", "total")),
+                f"{u['commands_per_vertex']:.2f}",
+                f"{u['evalsha_per_vertex']:.2f}",
+                f"{u['round_trips_per_vertex']:.2f}",
             )
         )
         if s.key == "W2":
-            rows.append(("W2 execute() p99", f"{o.extra['p99_ms']:.3f} ms", "-", "", "", ""))
+            rows.append(("W2 execute() p99", f"{o.extra['p99_ms']:.3f} ms", *[""] * 10))
     if any(len(o.rounds) > 1 for o in outcomes):
-        rows.append(("", "", "", "", "", ""))
+        rows.append(("",) * len(COLUMNS))
         for o in outcomes:
-            rows.append(
-                (
-                    f"{o.spec.key} rounds (median shown)",
-                    ", ".join(fmt_value(o.spec.key, v).split()[0] for v in o.rounds),
-                    "",
-                    "",
-                    "",
-                    "",
-                )
-            )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
+            values = ", ".join(fmt_value(o.spec.key, v).split()[0] for v in o.rounds)
+            rows.append((f"{o.spec.key} rounds (median shown)", values, *[""] * 10))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = [
+        " " * (sum(widths[:5]) + 10)
+        + "per vertex: CPU us".ljust(sum(widths[5:9]) + 8)
+        + "  Redis calls, round trips"
+    ]
     for j, r in enumerate(rows):
         cells = [c.ljust(widths[i]) if i in (0, 2) else c.rjust(widths[i]) for i, c in enumerate(r)]
         lines.append("  ".join(cells).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    peers = ", ".join(f"{k} {v:,} us" for k, v in PEER_CPU_US.items())
+    lines.append(f"(peers' CPU per W1 run, client + worker + Redis: {peers})")
     return "\n".join(lines)
 
 
@@ -742,10 +907,23 @@ def write_json(doc: dict[str, Any], stamp: str, profiled: bool) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
-    p = argparse.ArgumentParser(description="aioflow benchmarks (W1-W4)")
+    p = argparse.ArgumentParser(description="aioflow benchmarks (W1-W5)")
     p.add_argument("--only", default=",".join(SPECS), help="workloads to run, e.g. W1,W3")
     p.add_argument("--scale", type=float, default=1.0, help="multiply counts (0.1: quick run)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="worker commands (default 1)")
+    p.add_argument(
+        "--processes", type=int, default=1, help="worker processes per command (--processes)"
+    )
+    p.add_argument(
+        "--redis-url",
+        default="",
+        help="benchmark this Redis (comma-separated URLs: every node is metered; workers and "
+        "client use the first) instead of starting a redis-server",
+    )
+    p.add_argument("--no-warmup", action="store_true", help="skip the unmetered warm-up round")
+    p.add_argument(
+        "--strace", type=Path, default=None, help="strace -c workers, client and redis into DIR"
+    )
     p.add_argument("--concurrency", type=int, default=100, help="per worker (default 100)")
     p.add_argument(
         "--repeat", type=int, default=1, help="rounds of each workload; the median is shown"
@@ -774,8 +952,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         p.error(f"--only takes a comma-separated subset of {', '.join(SPECS)}; bad: {bad}")
     if a.scale <= 0:
         p.error("--scale must be > 0")
-    if a.workers < 1 or a.concurrency < 1 or a.repeat < 1:
-        p.error("--workers, --concurrency and --repeat must be >= 1")
+    if a.workers < 1 or a.concurrency < 1 or a.repeat < 1 or a.processes < 1:
+        p.error("--workers, --processes, --concurrency and --repeat must be >= 1")
     return Options(
         only,
         a.scale,
@@ -787,6 +965,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         a.wait_quiet,
         a.repeat,
         a.script_stats,
+        a.processes,
+        [u.strip() for u in a.redis_url.split(",") if u.strip()],
+        not a.no_warmup,
+        a.strace,
     )
 
 
@@ -794,8 +976,20 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse_args(argv)
+@dataclass
+class Suite:
+    """What one run of the benchmark collected."""
+
+    env: dict[str, Any]
+    outcomes: list[Outcome]
+    codes: list[int]
+    load: float
+    stamp: str
+
+
+def collect(opts: Options) -> Suite:
+    """Start redis-server (unless ``opts.redis_urls``) and the workers, run the workloads,
+    stop everything."""
     signal.signal(signal.SIGTERM, _terminate)
     load = wait_quiet(2.0, opts.wait_quiet) if opts.wait_quiet else machine_load()
     if load > 0.2:
@@ -810,15 +1004,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmpdir = Path(tmp)
         server = RedisServer(dir=tmpdir / "redis", port=free_port(), appendonly=False)
         try:
-            server.start()
+            if opts.redis_urls:
+                url = opts.redis_urls[0]
+                where = f"the given Redis ({len(opts.redis_urls)} node(s) metered)"
+            else:
+                server.start()
+                url = server.url
+                where = f"redis-server on {url} (appendonly off, no persistence)"
             print(
-                f"redis-server on {server.url} (appendonly off, no persistence); "
-                f"{opts.workers} worker process(es) x concurrency {opts.concurrency}; "
-                f"scale {opts.scale:g}",
+                f"{where}; {opts.workers} worker command(s) x {opts.processes} process(es) x "
+                f"concurrency {opts.concurrency}; scale {opts.scale:g}",
                 flush=True,
             )
-            procs = start_workers(server.url, opts.workers, opts.concurrency, tmpdir)
-            env, outcomes = uvloop.run(bench(server.url, opts, procs, tmpdir))
+            procs = start_workers(url, opts.workers, opts.concurrency, tmpdir, opts.processes)
+            env, outcomes = uvloop.run(bench(url, opts, procs, tmpdir))
         except BaseException:
             for i in range(len(procs)):
                 log = tail(tmpdir / f"worker{i}.log")
@@ -834,12 +1033,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad_exit:
             for i in range(len(procs)):
                 print(f"--- worker {i} log ---\n{tail(tmpdir / f'worker{i}.log')}", file=sys.stderr)
+    return Suite(env, outcomes, codes, load, stamp)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    suite = collect(opts)
+    env, outcomes, codes, load, stamp = (
+        suite.env,
+        suite.outcomes,
+        suite.codes,
+        suite.load,
+        suite.stamp,
+    )
+    bad_exit = [c for c in codes if c != 0]
     print()
     print(
         f"aioflow {aioflow.__version__} - redis {env['redis_version']} (appendonly "
         f"{env['appendonly']}), Python {platform.python_version()}, uvloop {UVLOOP_VERSION}, "
-        f"{opts.workers} worker x {opts.concurrency}, {os.cpu_count()} CPUs, scale {opts.scale:g}"
+        f"{opts.workers} worker x {opts.processes} process(es) x {opts.concurrency}, "
+        f"{os.cpu_count()} CPUs, scale {opts.scale:g}"
         + (" - PROFILED (py-spy slows things down)" if opts.profile else "")
     )
     print(table(outcomes))
@@ -847,9 +1060,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(usage_table(outcomes))
     for o in outcomes:
-        if o.profiles and opts.profile:
-            for name in o.profiles:
-                print()
+        for name, prof in o.profiles.items():
+            print()
+            if name.startswith("strace-"):
+                print(f"{o.spec.key} {name} (strace -c -f)\n{prof.rstrip()}")
+            elif opts.profile:
                 print((opts.profile / f"{o.spec.key}-{name}.txt").read_text().rstrip())
 
     import hiredis
@@ -869,6 +1084,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "workers": opts.workers,
+        "processes": opts.processes,
+        "external_redis": bool(opts.redis_urls),
+        "redis_nodes": env.get("redis_nodes", 1),
+        "redis_cpu_from": env.get("redis_cpu_from"),
         "concurrency": opts.concurrency,
         "scale": opts.scale,
         "repeat": opts.repeat,

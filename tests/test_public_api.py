@@ -9,6 +9,7 @@ import aioflow
 DOCUMENTED = [
     "AioflowError",
     "App",
+    "BatchIncomplete",
     "Client",
     "ConfigError",
     "Context",
@@ -18,6 +19,7 @@ DOCUMENTED = [
     "Forbidden",
     "GatewayError",
     "GatewayUnavailable",
+    "InvalidBatch",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",

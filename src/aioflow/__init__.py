@@ -5,11 +5,13 @@ from .client import Client
 from .context import Context, RunStore
 from .errors import (
     AioflowError,
+    BatchIncomplete,
     ConfigError,
     DefinitionError,
     Forbidden,
     GatewayError,
     GatewayUnavailable,
+    InvalidBatch,
     InvalidCallbackUrl,
     InvalidCursor,
     InvalidRunId,
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AioflowError",
     "App",
+    "BatchIncomplete",
     "Client",
     "ConfigError",
     "Context",
@@ -48,6 +51,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "GatewayUnavailable",
+    "InvalidBatch",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",

@@ -24,6 +24,7 @@ from .errors import AioflowError, ConfigError
 from .gateway import create_app
 from .redis_cluster import LocalCluster
 from .redis_server import RedisServer, free_port
+from .supervisor import Supervisor, parse_processes, worker_command
 from .topology import Backend
 from .worker import Worker
 
@@ -85,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         "--health",
         action="store_true",
         help="check (exit 0/1) that Redis answers and a worker on this host read recently",
+    )
+    sp.add_argument(
+        "--processes",
+        default="1",
+        help="worker processes under one supervisor: N, or auto for the CPU count (default 1)",
     )
     sp = sub.add_parser("dev", help="gateway + worker in one process, own Redis if no URL")
     common(sp)
@@ -268,6 +274,7 @@ async def _schedule(action: str, flow: str, name: str | None, url: str | None) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -304,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             if args.health:
                 return _run(lambda: _health(app))
+            processes = parse_processes(args.processes)
+            if processes > 1:
+                sup = Supervisor(worker_command(argv), processes)
+                return _run(sup.run)
             return _run(lambda: _serve(app, worker=True, gateway=False))
         if args.reload:
             if args.cluster:

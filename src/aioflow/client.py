@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -173,6 +174,43 @@ class Client:
 
         async with translate():
             return str(await self._registering(flow, call))
+
+    async def submit_many(
+        self,
+        flow: str | Flow,
+        inputs: Iterable[Any],
+        *,
+        options: dict[str, list[str]] | None = None,
+        run_ids: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Start one run per input and return their ids, in input order.
+
+        ``run_ids``, when given, has one entry per input: a caller-chosen id
+        (deduplicated as with :meth:`submit`: an id that exists, or repeats in
+        the batch, answers the existing run's id and starts nothing) or None for
+        a generated one. ``options`` become every run's ``ctx.options``.
+
+        Every item is checked before anything is sent: a value that cannot be
+        serialised or is larger than ``max_value``, a malformed id or a
+        ``run_ids`` of the wrong length raises :class:`~aioflow.InvalidBatch`
+        and no run is submitted. Runs go out as one script call per partition
+        per 500 runs; each call is atomic. If Redis fails part-way,
+        :class:`~aioflow.BatchIncomplete` lists the run ids that were confirmed
+        and those whose fate is unknown. Over HTTP this is one
+        ``POST /flow/{name}/batch`` (at most the gateway's ``max_batch`` items).
+        """
+        if self._http is not None:
+            return await self._http.submit_many(
+                _name(flow), inputs, options=options, run_ids=run_ids
+            )
+
+        async def call() -> list[str]:
+            pairs = await self.engine.submit_many(flow, inputs, options=options, run_ids=run_ids)
+            return [str(rid) for rid, _ in pairs]
+
+        async with translate():
+            ids: list[str] = await self._registering(flow, call)
+            return ids
 
     async def execute(
         self,

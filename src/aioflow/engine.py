@@ -10,7 +10,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import codec, keys, tracing, versions
+from . import bulk, codec, keys, tracing, versions
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -447,6 +447,17 @@ class Engine:
                 f"within {self.submit_replicas_timeout}s: a failover now could lose it; "
                 "submitting again with the same run_id is safe"
             )
+
+    async def submit_many(
+        self,
+        flow: str | Flow,
+        inputs: Iterable[Any],
+        *,
+        options: dict[str, list[str]] | None = None,
+        run_ids: Sequence[str | None] | None = None,
+    ) -> list[tuple[RunId, bool]]:
+        """Start one run per input (see :func:`aioflow.bulk.submit_many`)."""
+        return await bulk.submit_many(self, flow, inputs, options=options, run_ids=run_ids)
 
     async def execute(
         self,

@@ -13,6 +13,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
     ├── InvalidCursor        a listing cursor that no page handed out
+    ├── InvalidBatch         an item of a submit_many batch is invalid: nothing was submitted
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
     ├── Unauthorized         an HTTP request without valid credentials (401; ``reason`` says why)
     ├── Forbidden            an HTTP request whose token's scope is too weak (403)
@@ -22,7 +23,8 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── ResultTimeout        waiting for a result took longer than asked (also a TimeoutError)
     ├── NodeTimeout          a node attempt ran past its ``timeout`` (seen inside RunFailed)
     ├── RedisUnavailable     Redis cannot be reached (connection refused, dropped, timed out)
-    │   └── GatewayUnavailable  (HTTP client) the gateway or its Redis cannot be reached
+    │   ├── GatewayUnavailable  (HTTP client) the gateway or its Redis cannot be reached
+    │   └── BatchIncomplete  Redis failed part-way through a submit_many: says which runs exist
     └── GatewayError         (HTTP client) the gateway refused a request: auth, limits...
 """
 
@@ -32,11 +34,13 @@ from typing import Any
 
 __all__ = [
     "AioflowError",
+    "BatchIncomplete",
     "ConfigError",
     "DefinitionError",
     "Forbidden",
     "GatewayError",
     "GatewayUnavailable",
+    "InvalidBatch",
     "InvalidCallbackUrl",
     "InvalidCursor",
     "InvalidRunId",
@@ -192,3 +196,33 @@ class GatewayError(AioflowError):
         self.code = code
         self.detail = detail
         super().__init__(f"gateway answered {status} {code}: {detail}")
+
+
+class InvalidBatch(AioflowError, ValueError):
+    """An item of a :meth:`~aioflow.Client.submit_many` batch is invalid (a value that
+    cannot be serialised, a malformed run id, a ``run_ids`` list of the wrong length,
+    too many items). Raised before anything is sent: no run of the batch was submitted.
+    ``index`` is the position of the offending item (None when the batch as a whole is
+    at fault)."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        self.index = index
+        super().__init__(message)
+
+
+class BatchIncomplete(RedisUnavailable):
+    """Redis failed part-way through a :meth:`~aioflow.Client.submit_many`.
+
+    Each script call (one partition, up to 500 runs) is atomic, so every run of
+    the batch is in one of two lists: ``submitted`` holds, in input order, the run
+    ids Redis confirmed (created, or existing already); ``unknown`` maps the input
+    index of every other item to the run id it was given, whose call failed or
+    whose reply was lost, so it may or may not exist. Submitting those items again
+    is safe when they carry caller-chosen ``run_ids`` (deduplicated); generated
+    ids are not reused by a second call.
+    """
+
+    def __init__(self, message: str, *, submitted: list[str], unknown: dict[int, str]) -> None:
+        self.submitted = submitted
+        self.unknown = unknown
+        super().__init__(message)

@@ -14,7 +14,9 @@ from . import codec, openapi, schedule, tracing, versions
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
+    BatchIncomplete,
     Forbidden,
+    InvalidBatch,
     InvalidCallbackUrl,
     InvalidCursor,
     InvalidRunId,
@@ -57,6 +59,7 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (UnknownSchedule, 404, "unknown_schedule"),
     (RunNotFound, 404, "run_not_found"),
     (InvalidRunId, 400, "invalid_id"),
+    (InvalidBatch, 400, "invalid_batch"),
     (InvalidCallbackUrl, 400, "invalid_callback_url"),
     (InvalidCursor, 400, "invalid_cursor"),
     (InvalidTransition, 409, "invalid_transition"),
@@ -175,6 +178,39 @@ async def start_run(request: web.Request) -> web.Response:
         500,
         {"X-Run-Id": str(rid)},
     )
+
+
+async def start_batch(request: web.Request) -> web.Response:
+    """``POST /flow/{name}/batch``: a JSON array of inputs, or ``{"inputs": [...],
+    "run_ids": [...]}`` (an id or null per input); answers 202 ``{"run_ids": [...]}``."""
+    name = _flow_name(request)
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="a batch is a JSON body (application/json)")
+    body = await _body(request)
+    run_ids: Any = None
+    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
+        inputs, run_ids = body["inputs"], body.get("run_ids")
+        if run_ids is not None and not (
+            isinstance(run_ids, list) and all(r is None or isinstance(r, str) for r in run_ids)
+        ):
+            raise InvalidBatch("run_ids must be a list of strings or nulls, one per input")
+    elif isinstance(body, list):
+        inputs = body
+    else:
+        raise InvalidBatch(
+            'a batch is a JSON array of inputs or {"inputs": [...], "run_ids": [...]}'
+        )
+    limit = request.app[SETTINGS].max_batch
+    if len(inputs) > limit:
+        return _error(413, "batch_too_large", f"{len(inputs)} runs in one batch; at most {limit}")
+    try:
+        pairs = await _engine(request).submit_many(
+            name, inputs, options=_options(request), run_ids=run_ids
+        )
+    except BatchIncomplete as e:
+        doc = {"error": "batch_incomplete", "detail": str(e), "submitted": e.submitted}
+        return _json({**doc, "unknown": list(e.unknown.values())}, 503)
+    return _json({"run_ids": [str(rid) for rid, _ in pairs]}, 202)
 
 
 async def run_state(request: web.Request) -> web.Response:
@@ -397,6 +433,7 @@ def create_app(
     app.router.add_post("/dead-letters/{id}/replay", replay_dead_letter)
     app.router.add_get("/flow/{name}", flow_definition)
     app.router.add_post("/flow/{name}", start_run)
+    app.router.add_post("/flow/{name}/batch", start_batch)
     app.router.add_get("/flow/{name}/runs", list_runs)
     app.router.add_get("/flow/{name}/run/{run_id}", run_state)
     app.router.add_post("/flow/{name}/run/{run_id}/{action}", run_control)

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import time
 import urllib.parse
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import aiohttp
@@ -21,6 +22,7 @@ from .errors import (
     Forbidden,
     GatewayError,
     GatewayUnavailable,
+    InvalidBatch,
     InvalidCallbackUrl,
     InvalidCursor,
     InvalidRunId,
@@ -49,6 +51,7 @@ _ERRORS: dict[str, type[AioflowError]] = {
     "invalid_transition": InvalidTransition,
     "forbidden": Forbidden,
     "value_too_large": LimitExceeded,
+    "invalid_batch": InvalidBatch,
 }
 _VERTEX_FIELDS = {f.name for f in dataclasses.fields(VertexState)}
 
@@ -196,6 +199,21 @@ class HttpClient:
         path, params, headers = self._start_args(flow, options, run_id, callback_url, None)
         _, _, raw = await self._call("POST", path, params=params, body=(data,), headers=headers)
         return str(codec.loads(raw)["run_id"])
+
+    async def submit_many(
+        self,
+        flow: str,
+        inputs: Iterable[Any],
+        *,
+        options: dict[str, list[str]] | None = None,
+        run_ids: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        path, params, _ = self._start_args(flow, options, None, None, None)
+        doc: dict[str, Any] = {"inputs": list(inputs)}
+        if run_ids is not None:
+            doc["run_ids"] = list(run_ids)
+        _, _, raw = await self._call("POST", path + "/batch", params=params, body=(doc,))
+        return [str(r) for r in codec.loads(raw)["run_ids"]]
 
     async def execute(
         self,

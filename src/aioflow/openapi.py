@@ -373,6 +373,71 @@ def build() -> dict[str, Any]:
                 op_id="startRun",
             ),
         },
+        "/flow/{name}/batch": {
+            "post": _op(
+                "Start one run per input (at most max_batch); nothing starts if an item is bad",
+                {
+                    "202": _json(
+                        "Started (a caller-chosen id that exists answers that run)",
+                        {
+                            "type": "object",
+                            "required": ["run_ids"],
+                            "properties": {
+                                "run_ids": {"type": "array", "items": {"type": "string"}}
+                            },
+                        },
+                    ),
+                    "400": _error(
+                        "Malformed body, or an invalid item: nothing was submitted",
+                        "bad_request",
+                        "invalid_batch",
+                    ),
+                    "404": _error("Unknown flow", "unknown_flow"),
+                    "413": _error(
+                        "More items than max_batch, or a body larger than max_body",
+                        "batch_too_large",
+                        "request_entity_too_large",
+                    ),
+                    "415": _error("The body is not application/json", "unsupported_media_type"),
+                    "503": _error(
+                        "Redis unavailable; batch_incomplete lists the ids submitted and unknown",
+                        "redis_unavailable",
+                        "batch_incomplete",
+                    ),
+                },
+                security=_RUN,
+                parameters=[_FLOW],
+                body={
+                    "required": True,
+                    "description": "A JSON array of inputs, or {inputs, run_ids} with a "
+                    "caller-chosen id or null per input. Query parameters become ctx.options.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"type": "array"},
+                                    {
+                                        "type": "object",
+                                        "required": ["inputs"],
+                                        "properties": {
+                                            "inputs": {"type": "array"},
+                                            "run_ids": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": ["string", "null"],
+                                                    "pattern": r"^[A-Za-z0-9_-]{1,64}$",
+                                                },
+                                            },
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+                op_id="startBatch",
+            ),
+        },
         "/flow/{name}/runs": {
             "get": _op(
                 "The flow's runs, newest first",

@@ -16,10 +16,20 @@ from redis.exceptions import NoScriptError
 from .conn import RedisPyLean
 from .topology import Conn, Router
 
-NAMES = ("claim", "complete", "submit", "move", "control", "lease", "trim", "handback")
+NAMES = (
+    "claim",
+    "complete",
+    "submit",
+    "move",
+    "control",
+    "lease",
+    "trim",
+    "handback",
+    "submit_many",
+)
 # Scripts whose second application changes nothing: sent again when a connection
 # drops with the call in flight (a failover, a restart).
-IDEMPOTENT = frozenset({"complete", "submit", "move", "lease", "trim", "handback"})
+IDEMPOTENT = frozenset({"complete", "submit", "move", "lease", "trim", "handback", "submit_many"})
 
 
 def _source(name: str) -> str:

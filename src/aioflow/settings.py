@@ -24,6 +24,7 @@ class Settings:
     - ``max_deliveries``: deliveries of one message before it is dead-lettered (5).
     - ``result_ttl``: seconds a finished run (state, result, store) is kept (1 day).
     - ``max_body``: largest accepted HTTP request body in bytes (16 MiB).
+    - ``max_batch``: most runs one ``POST /flow/{name}/batch`` may start (1000).
     - ``host`` / ``port``: where the gateway listens (127.0.0.1:8080).
     - ``grace``: seconds a draining worker waits for running nodes on SIGTERM (30).
     - ``submit_replicas``: when > 0, a submit (``Client.submit``/``execute``,
@@ -73,6 +74,7 @@ class Settings:
     max_deliveries: int = 5
     result_ttl: float = 86400.0
     max_body: int = 16 * 1024 * 1024
+    max_batch: int = 1000
     host: str = "127.0.0.1"
     port: int = 8080
     grace: float = 30.0
@@ -102,6 +104,8 @@ class Settings:
             raise ConfigError("result_ttl must be > 0")
         if self.max_body < 1:
             raise ConfigError("max_body must be >= 1")
+        if self.max_batch < 1:
+            raise ConfigError("max_batch must be >= 1")
         if self.grace < 0:
             raise ConfigError("grace must be >= 0")
         if self.submit_replicas < 0 or self.submit_replicas_timeout <= 0:

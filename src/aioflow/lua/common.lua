@@ -28,17 +28,20 @@ local function enqueue(run, uid, status, addr, kind, data)
 end
 
 -- End a run: status completed|failed|stopped, store the result or error, expire
--- every key of the run and wake up whoever waits for it.
-local function finish(run, uid, status, field, value, now, ttl)
+-- every key of the run and wake up whoever waits for it. Callers that read them already
+-- pass the run's status before this step (prior) and its hooks field (false: none),
+-- saving two calls: the parked list can only exist while the run is paused.
+local function finish(run, uid, status, field, value, now, ttl, prior, hooks)
   if field ~= '' then
     redis.call('HSET', run, 'status', status, 'ended', now, field, value)
   else
     redis.call('HSET', run, 'status', status, 'ended', now)
   end
   redis.call('PEXPIRE', run, ttl)
-  redis.call('DEL', pre .. ':p:' .. uid)
+  if prior == nil or prior == 'paused' then redis.call('DEL', pre .. ':p:' .. uid) end
+  if hooks == nil then hooks = redis.call('HEXISTS', run, 'hooks') == 1 end
   -- flow hooks and callbacks run once, in a worker, after the run ended
-  if redis.call('HEXISTS', run, 'hooks') == 1 then xadd(uid, '$final', 'f', '') end
+  if hooks then xadd(uid, '$final', 'f', '') end
   local payload = value
   if #payload > 65536 then payload = '' end
   -- sharded on Redis 7+ (delivered by the run's own shard on a cluster)

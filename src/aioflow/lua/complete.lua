@@ -22,7 +22,7 @@ local function apply(i)
     local p = redis.call('XPENDING', q, GROUP, id, id, 1)
     if (not p[1]) or p[1][2] ~= consumer then return 'fenced' end
   end
-  local head = redis.call('HMGET', run, 'status', marker ~= '' and marker or 'status')
+  local head = redis.call('HMGET', run, 'status', marker ~= '' and marker or 'status', 'hooks')
   if marker ~= '' and head[2] then
     if id ~= '' then redis.call('XACK', q, GROUP, id) end
     return 'dup'
@@ -56,10 +56,10 @@ local function apply(i)
           enqueue(run, uid, status, a, 'c', '')
         end
       elseif op == 'F' then
-        finish(run, uid, 'completed', 'result', value, now, ttl)
+        finish(run, uid, 'completed', 'result', value, now, ttl, status, head[3] == '1')
         active, ended = false, 'completed'
       elseif op == 'X' then
-        finish(run, uid, 'failed', 'err', a, now, ttl)
+        finish(run, uid, 'failed', 'err', a, now, ttl, status, head[3] == '1')
         active, ended = false, 'failed'
       elseif op == 'D' then
         redis.call('ZADD', pre .. ':z', a, b)
