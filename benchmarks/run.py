@@ -69,6 +69,7 @@ from aioflow import keys  # noqa: E402
 from aioflow.app import connect  # noqa: E402
 from aioflow.redis_server import RedisServer, free_port  # noqa: E402
 from aioflow.scripts import SCRIPTS  # noqa: E402
+from aioflow.topology import Backend  # noqa: E402
 
 RESULTS = HERE / "results"
 APP_SPEC = "benchmarks/bench_app.py:app"
@@ -587,7 +588,7 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 async def wait_ready(
-    redis: Redis,
+    nodes: Sequence[Redis],
     procs: Sequence[subprocess.Popen[bytes]],
     log_dir: Path,
     timeout: float = 60.0,
@@ -600,22 +601,31 @@ async def wait_ready(
     """
     names = [f.name for f in bench_app.app.flows]
     deadline = time.monotonic() + timeout
-    while True:
-        for i, p in enumerate(procs):
-            if p.poll() is not None:
+    backend = Backend(nodes[0])  # a RedisCluster when the nodes are a cluster's
+    await backend.start()
+    await backend.fast.aclose()
+    registry = backend.redis
+    try:
+        while True:
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    log = tail(log_dir / f"worker{i}.log")
+                    raise RuntimeError(f"worker {i} exited with {p.returncode}:\n{log}")
+            registered = await registry.hmget(keys.FLOWS, names)
+            readers = [
+                c for n in nodes for c in await n.client_list() if c.get("cmd") == "xreadgroup"
+            ]
+            if all(registered) and len(readers) >= len(procs) * processes:
+                return
+            if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"worker {i} exited with {p.returncode}:\n{tail(log_dir / f'worker{i}.log')}"
+                    f"workers not ready after {timeout}s "
+                    f"({len(readers)} of {len(procs) * processes} reading)"
                 )
-        registered = await redis.hmget(keys.FLOWS, names)
-        readers = [c for c in await redis.client_list() if c.get("cmd") == "xreadgroup"]
-        if all(registered) and len(readers) >= len(procs) * processes:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"workers not ready after {timeout}s "
-                f"({len(readers)} of {len(procs) * processes} reading)"
-            )
-        await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+    finally:
+        if registry is not nodes[0]:
+            await registry.aclose()
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -710,7 +720,7 @@ async def bench(
     redis = nodes[0].redis
     pids = [p.pid for p in procs]
     try:
-        await wait_ready(redis, procs, log_dir, processes=opts.processes)
+        await wait_ready([n.redis for n in nodes], procs, log_dir, processes=opts.processes)
         server = await redis.info("server")
         env = {
             "redis_version": server["redis_version"],
