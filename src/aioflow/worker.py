@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -628,19 +629,32 @@ class Worker:
         last_trim = 0.0
         while not self._stopping.is_set():
             await asyncio.sleep(every)
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._heartbeat()
-                await self._cancel_stopped()
-                await self._extend_leases()
-                await self._reclaim(int(vt * 1000))
-                slow = time.monotonic() - last_trim > 5.0
-                await self.versions.tick(slow=slow)
-                if slow:
-                    last_trim = time.monotonic()
-                    for stream in self._stream_list:
-                        await SCRIPTS.call(self.fast, "trim", stream)
-                    await self._prune_index()
-                    await self._prune_heartbeats()
+            # each duty on its own: a failed heartbeat must not skip the lease renewal
+            await self._duty(self._heartbeat)
+            await self._duty(self._cancel_stopped)
+            await self._duty(self._extend_leases)
+            await self._duty(lambda: self._reclaim(int(vt * 1000)))
+            slow = time.monotonic() - last_trim > 5.0
+            await self._duty(functools.partial(self.versions.tick, slow=slow))
+            if slow:
+                last_trim = time.monotonic()
+                await self._duty(self._trim)
+                await self._duty(self._prune_index)
+                await self._duty(self._prune_heartbeats)
+
+    async def _duty(self, fn: Callable[[], Any]) -> None:
+        try:
+            await fn()
+        except REDIS_ERRORS:
+            pass  # Redis away: the next pass tries again
+        except Exception:
+            # redis-py's RedisCluster can raise RuntimeError on a connection a failover
+            # closed under it; a housekeeping duty must never die of it
+            log.exception("worker housekeeping step failed; retrying next pass")
+
+    async def _trim(self) -> None:
+        for stream in self._stream_list:
+            await SCRIPTS.call(self.fast, "trim", stream)
 
     async def _heartbeat(self) -> None:
         doc = {
@@ -732,7 +746,8 @@ class Worker:
                     msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg and msg["type"] == "message":
                         self._on_control(msg["data"].decode())
-            except REDIS_ERRORS:
+            except Exception as e:  # Redis away, or redis-py's cluster pub/sub failing
+                log.debug("control channel lost (%r); subscribing again", e)
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):

@@ -65,7 +65,7 @@ async def record(ctx: aioflow.Context) -> None:
                 await r.hincrby(EXEC_PREFIX + ctx.run_id, ctx.vertex, 1)
                 await r.hincrby(TOTAL, ctx.vertex, 1)
             return
-        except REDIS_ERRORS:
+        except (*REDIS_ERRORS, RuntimeError):  # RuntimeError: redis-py's cluster, see worker
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(backoff)
