@@ -20,6 +20,7 @@ DOCUMENTED = [
     "GatewayUnavailable",
     "InvalidCallbackUrl",
     "InvalidCursor",
+    "InvalidPriority",
     "InvalidRunId",
     "InvalidTransition",
     "LimitExceeded",

@@ -15,6 +15,7 @@ from .errors import ConfigError, UnknownFlow
 from .http_client import HttpClient
 from .keys import RunId
 from .model import Flow
+from .priority import Priority
 from .settings import Settings
 from .status import RunState, Status
 
@@ -140,12 +141,16 @@ class Client:
         options: dict[str, list[str]] | None = None,
         delay: float | None = None,
         callback_url: str | None = None,
+        priority: Priority | None = None,
     ) -> str:
         """Start a run and return its id without waiting. ``run_id`` names the run
         (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
         second run starts. ``options`` become ``ctx.options``; ``delay`` defers
         the start by that many seconds (not over HTTP). ``callback_url`` gets a
-        POST of the result or error when the run ends (see the README)."""
+        POST of the result or error when the run ends (see the README). ``priority``
+        is ``"high"``, ``"default"`` or ``"low"``: workers take higher priorities
+        first, weighted so that lower ones still progress; every vertex of the run
+        keeps it. Raises :class:`InvalidPriority` for another value."""
         if self._http is not None:
             return await self._http.submit(
                 _name(flow),
@@ -154,6 +159,7 @@ class Client:
                 options=options,
                 delay=delay,
                 callback_url=callback_url,
+                priority=priority,
             )
 
         async def call() -> str:
@@ -164,6 +170,7 @@ class Client:
                 options=options,
                 delay=delay,
                 callback_url=callback_url,
+                priority=priority,
             )
             return str(rid)
 
@@ -179,9 +186,11 @@ class Client:
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
+        priority: Priority | None = None,
     ) -> Any:
         """Start a run and return its result. Raises RunFailed, RunStopped, or
-        ResultTimeout after ``timeout`` seconds (the run goes on)."""
+        ResultTimeout after ``timeout`` seconds (the run goes on). ``priority``
+        as for :meth:`submit`."""
         if self._http is not None:
             return await self._http.execute(
                 _name(flow),
@@ -190,6 +199,7 @@ class Client:
                 run_id=run_id,
                 options=options,
                 callback_url=callback_url,
+                priority=priority,
             )
 
         async def call() -> Any:
@@ -200,6 +210,7 @@ class Client:
                 run_id=run_id,
                 options=options,
                 callback_url=callback_url,
+                priority=priority,
             )
             return self.engine.unwrap(rid, outcome)
 

@@ -44,6 +44,8 @@ from .errors import (
 from .keys import RunId
 from .model import Flow
 from .plan import Plan, compile_dag, dag_from_description
+from .priority import SUFFIX
+from .priority import check as check_priority
 from .rerun import rerun
 from .scripts import SCRIPTS
 from .status import RunState, Status, parse_state
@@ -155,7 +157,8 @@ async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | No
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.FLOWS, flow.name, codec.dumps(doc))
             for p in range(parts):
-                pipe.xgroup_create(keys.stream(flow.name, p), keys.GROUP, id="0", mkstream=True)
+                for stream in keys.streams(flow.name, p):
+                    pipe.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
             for res in await pipe.execute(raise_on_error=False):
                 if isinstance(res, ResponseError) and "BUSYGROUP" not in str(res):
                     raise res
@@ -389,8 +392,10 @@ class Engine:
         delay: float | None = None,
         rid: RunId | None = None,
         callback_url: str | None = None,
+        priority: str | None = None,
     ) -> tuple[RunId, bool]:
         """Start a run; answers its id and whether it was created (False: it existed)."""
+        prio = check_priority(priority)
         info = await self.flow_info(flow)
         if callback_url is not None:
             check_callback_url(callback_url)
@@ -409,7 +414,7 @@ class Engine:
         created = await SCRIPTS.call(
             self.fast,
             "submit",
-            rid.stream,
+            rid.stream_of(prio),
             rid.key,
             repr(now),
             value,
@@ -420,6 +425,7 @@ class Engine:
             "1" if info.hooks or callback_url else "",
             callback_url or "",
             traceparent,
+            SUFFIX[prio],
         )
         if created and self.on_submitted is not None:
             self.on_submitted(flow)
@@ -448,13 +454,15 @@ class Engine:
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
+        priority: str | None = None,
     ) -> tuple[RunId, Outcome | None]:
+        check_priority(priority)
         rid = await self.new_run_id(flow, run_id)
         await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
         fut = self.waiter.register(rid)
         try:
             _, created = await self.submit(
-                flow, data, options=options, rid=rid, callback_url=callback_url
+                flow, data, options=options, rid=rid, callback_url=callback_url, priority=priority
             )
             if not created:
                 outcome = await fetch_outcome(self.fast, rid)

@@ -10,6 +10,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
+    ├── InvalidPriority      a priority other than "high", "default" or "low"
     ├── InvalidCursor        a listing cursor that no page handed out
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
     ├── Unauthorized         an HTTP request without valid credentials (401; ``reason`` says why)
@@ -37,6 +38,7 @@ __all__ = [
     "GatewayUnavailable",
     "InvalidCallbackUrl",
     "InvalidCursor",
+    "InvalidPriority",
     "InvalidRunId",
     "InvalidTransition",
     "LimitExceeded",
@@ -73,6 +75,10 @@ class RunNotFound(AioflowError):
 
 class InvalidRunId(AioflowError, ValueError):
     """A run id or flow name does not match the allowed syntax."""
+
+
+class InvalidPriority(AioflowError, ValueError):
+    """A run priority other than ``"high"``, ``"default"`` or ``"low"``."""
 
 
 class InvalidCallbackUrl(AioflowError, ValueError):

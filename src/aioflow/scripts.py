@@ -16,10 +16,22 @@ from redis.exceptions import NoScriptError
 from .conn import RedisPyLean
 from .topology import Conn, Router
 
-NAMES = ("claim", "complete", "submit", "move", "control", "lease", "trim", "handback")
+NAMES: tuple[str, ...] = (
+    "claim",
+    "complete",
+    "submit",
+    "move",
+    "control",
+    "lease",
+    "trim",
+    "handback",
+    "limit",  # global limits (aioflow/limits.py): limit, rate, wake
+    "rate",
+    "wake",
+)
 # Scripts whose second application changes nothing: sent again when a connection
-# drops with the call in flight (a failover, a restart).
-IDEMPOTENT = frozenset({"complete", "submit", "move", "lease", "trim", "handback"})
+# drops with the call in flight (a failover, a restart). (Not rate: it takes a token.)
+IDEMPOTENT = frozenset({"complete", "submit", "move", "lease", "trim", "handback", "limit", "wake"})
 
 
 def _source(name: str) -> str:
