@@ -437,7 +437,8 @@ class Worker:
         busy = self._busy.setdefault(streams[0], set())
         reads = priority.plan_reads(free, by_priority, busy, self._prio_tick)
         self._prio_tick += 1
-        self._reserved += free
+        # not counted in _reserved: the round does not block, and other readers
+        # waiting for slots must not wait on it
         try:
             resps: list[Any] = list(
                 await asyncio.gather(
@@ -474,7 +475,7 @@ class Worker:
                     )
             return sum(len(entries) for resp in resps for _, entries in resp or ())
         finally:
-            self._reserved -= free
+            self._slot_event.set()
 
     async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
         flow = self.streams[stream]
