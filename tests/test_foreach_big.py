@@ -71,7 +71,7 @@ async def test_foreach_over_ten_thousand_items(any_redis_url: str) -> None:
             parts = (await s.client.engine.flow_info(name)).partitions
             for p in range(parts):
                 tag = f"af:{{{name}:{p}}}"
-                shared |= {f"{tag}:q", f"{tag}:z", f"{tag}:i", f"{tag}:dlq"}
+                shared |= {f"{tag}:{k}" for k in ("q", "qh", "ql", "z", "i", "dlq")}
             shared |= {f"af:fv:{{{name}}}", f"af:fvseen:{{{name}}}"}  # the version registry
         checked = 0
         async for raw in s.redis.scan_iter(match="af:*", count=1000):

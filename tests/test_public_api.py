@@ -22,6 +22,7 @@ DOCUMENTED = [
     "InvalidBatch",
     "InvalidCallbackUrl",
     "InvalidCursor",
+    "InvalidPriority",
     "InvalidRunId",
     "InvalidTransition",
     "LimitExceeded",

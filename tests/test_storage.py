@@ -167,6 +167,8 @@ async def test_finished_runs_expire_with_every_key(redis_url: str, redis: Redis)
             b"af:fvseen:{ttl}",
             b"af:workers",
             tag + b":q",
+            tag + b":qh",  # the streams of the priorities
+            tag + b":ql",
             tag + b":i",
             tag + b":z",
             tag + b":dlq",

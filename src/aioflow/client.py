@@ -16,6 +16,7 @@ from .errors import ConfigError, UnknownFlow
 from .http_client import HttpClient
 from .keys import RunId
 from .model import Flow
+from .priority import Priority
 from .settings import Settings
 from .status import RunState, Status
 
@@ -142,6 +143,7 @@ class Client:
         options: dict[str, list[str]] | None = None,
         delay: float | None = None,
         callback_url: str | None = None,
+        priority: Priority | None = None,
     ) -> str:
         """Start a run and return its id without waiting. ``run_id`` names the run
         (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
@@ -150,7 +152,11 @@ class Client:
         POST of the result or error when the run ends (see the README). A ``Flow``
         object pins the run to its own version (registering it if needed); a name
         pins the newest version served (see the README's "Versions and rolling
-        deploys")."""
+        deploys").
+        ``priority``
+        is ``"high"``, ``"default"`` or ``"low"``: workers take higher priorities
+        first, weighted so that lower ones still progress; every vertex of the run
+        keeps it. Raises :class:`InvalidPriority` for another value."""
         if self._http is not None:
             return await self._http.submit(
                 _name(flow),
@@ -159,6 +165,7 @@ class Client:
                 options=options,
                 delay=delay,
                 callback_url=callback_url,
+                priority=priority,
             )
 
         async def call() -> str:
@@ -169,6 +176,7 @@ class Client:
                 options=options,
                 delay=delay,
                 callback_url=callback_url,
+                priority=priority,
             )
             return str(rid)
 
@@ -221,9 +229,11 @@ class Client:
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
+        priority: Priority | None = None,
     ) -> Any:
         """Start a run and return its result. Raises RunFailed, RunStopped, or
-        ResultTimeout after ``timeout`` seconds (the run goes on)."""
+        ResultTimeout after ``timeout`` seconds (the run goes on). ``priority``
+        as for :meth:`submit`."""
         if self._http is not None:
             return await self._http.execute(
                 _name(flow),
@@ -232,6 +242,7 @@ class Client:
                 run_id=run_id,
                 options=options,
                 callback_url=callback_url,
+                priority=priority,
             )
 
         async def call() -> Any:
@@ -242,6 +253,7 @@ class Client:
                 run_id=run_id,
                 options=options,
                 callback_url=callback_url,
+                priority=priority,
             )
             return self.engine.unwrap(rid, outcome)
 

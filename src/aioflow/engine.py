@@ -44,6 +44,8 @@ from .errors import (
 from .keys import RunId
 from .model import Flow
 from .plan import Plan, compile_dag, dag_from_description
+from .priority import SUFFIX
+from .priority import check as check_priority
 from .rerun import rerun
 from .scripts import SCRIPTS
 from .status import RunState, Status, parse_state
@@ -396,9 +398,11 @@ class Engine:
         rid: RunId | None = None,
         callback_url: str | None = None,
         info: FlowInfo | None = None,
+        priority: str | None = None,
     ) -> tuple[RunId, bool]:
         """Start a run; answers its id and whether it was created (False: it existed).
         The run pins ``info``'s version, else the one :meth:`pin` picks."""
+        prio = check_priority(priority)
         info = info or await self.pin(flow)
         if callback_url is not None:
             check_callback_url(callback_url)
@@ -417,7 +421,7 @@ class Engine:
         created = await SCRIPTS.call(
             self.fast,
             "submit",
-            rid.stream,
+            rid.stream_of(prio),
             rid.key,
             repr(now),
             value,
@@ -429,6 +433,7 @@ class Engine:
             callback_url or "",
             traceparent,
             info.version,
+            SUFFIX[prio],
         )
         if created and self.on_submitted is not None:
             self.on_submitted(info.name)
@@ -468,14 +473,22 @@ class Engine:
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
+        priority: str | None = None,
     ) -> tuple[RunId, Outcome | None]:
+        check_priority(priority)
         info = await self.pin(flow)
         rid = await self.new_run_id(info.name, run_id, info)
         await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
         fut = self.waiter.register(rid)
         try:
             _, created = await self.submit(
-                info.name, data, options=options, rid=rid, callback_url=callback_url, info=info
+                info.name,
+                data,
+                options=options,
+                rid=rid,
+                callback_url=callback_url,
+                info=info,
+                priority=priority,
             )
             if not created:
                 outcome = await fetch_outcome(self.fast, rid)

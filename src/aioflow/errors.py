@@ -12,6 +12,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── RunNotFound          no run with that id (never existed, or expired)
     ├── InvalidRunId         a run id or flow name that does not match the allowed syntax
     ├── InvalidCallbackUrl   a callback URL that is not an absolute http(s) URL
+    ├── InvalidPriority      a priority other than "high", "default" or "low"
     ├── InvalidCursor        a listing cursor that no page handed out
     ├── InvalidBatch         an item of a submit_many batch is invalid: nothing was submitted
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidBatch",
     "InvalidCallbackUrl",
     "InvalidCursor",
+    "InvalidPriority",
     "InvalidRunId",
     "InvalidTransition",
     "LimitExceeded",
@@ -90,6 +92,10 @@ class RunNotFound(AioflowError):
 
 class InvalidRunId(AioflowError, ValueError):
     """A run id or flow name does not match the allowed syntax."""
+
+
+class InvalidPriority(AioflowError, ValueError):
+    """A run priority other than ``"high"``, ``"default"`` or ``"low"``."""
 
 
 class InvalidCallbackUrl(AioflowError, ValueError):

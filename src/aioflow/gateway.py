@@ -19,6 +19,7 @@ from .errors import (
     InvalidBatch,
     InvalidCallbackUrl,
     InvalidCursor,
+    InvalidPriority,
     InvalidRunId,
     InvalidTransition,
     LimitExceeded,
@@ -61,6 +62,7 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (InvalidRunId, 400, "invalid_id"),
     (InvalidBatch, 400, "invalid_batch"),
     (InvalidCallbackUrl, 400, "invalid_callback_url"),
+    (InvalidPriority, 400, "invalid_priority"),
     (InvalidCursor, 400, "invalid_cursor"),
     (InvalidTransition, 409, "invalid_transition"),
     (LimitExceeded, 413, "value_too_large"),
@@ -149,14 +151,21 @@ async def start_run(request: web.Request) -> web.Response:
     callback = request.headers.get("X-Callback-Url")
     if callback is not None:
         await request.app[GUARD].policy.check(callback)
+    priority = request.headers.get("X-Priority")  # high | default | low
     options = _options(request)
     if wait is None:
         rid, _ = await engine.submit(
-            name, data, run_id=run_key, options=options, callback_url=callback
+            name, data, run_id=run_key, options=options, callback_url=callback, priority=priority
         )
         return _json({"run_id": str(rid)}, 202, headers={"X-Run-Id": str(rid)})
     rid, outcome = await engine.execute(
-        name, data, timeout=wait, run_id=run_key, options=options, callback_url=callback
+        name,
+        data,
+        timeout=wait,
+        run_id=run_key,
+        options=options,
+        callback_url=callback,
+        priority=priority,
     )
     if outcome is None:
         return _json({"run_id": str(rid), "status": "running"}, 202, headers={"X-Run-Id": str(rid)})
@@ -284,8 +293,15 @@ async def metrics(request: web.Request) -> web.Response:
                 pipe.xpending(f"{tag}:q", "workers")
                 pipe.xlen(f"{tag}:dlq")
                 pipe.zcard(f"{tag}:z")
-                length, pending, dlq, delayed = await pipe.execute(raise_on_error=False)
-            pend = pending.get("pending", 0) if isinstance(pending, dict) else 0
+                for q in (f"{tag}:qh", f"{tag}:ql"):  # the priorities' streams count too
+                    pipe.xlen(q)
+                    pipe.xpending(q, "workers")
+                length, pending, dlq, delayed, *prio = await pipe.execute(raise_on_error=False)
+            if isinstance(length, int):
+                length += sum(n for n in prio[::2] if isinstance(n, int))
+            pend = sum(
+                pe.get("pending", 0) for pe in [pending, *prio[1::2]] if isinstance(pe, dict)
+            )
             for gauge, value in (
                 (m.stream_length, length),
                 (m.pending, pend),

@@ -173,6 +173,7 @@ class HttpClient:
         run_id: str | None,
         callback_url: str | None,
         wait: float | None,
+        priority: str | None = None,
     ) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
         params = [(k, v) for k, vs in (options or {}).items() for v in vs if k != "wait"]
         if wait is not None:
@@ -182,6 +183,8 @@ class HttpClient:
             headers["X-Run-Id"] = run_id
         if callback_url is not None:
             headers["X-Callback-Url"] = callback_url
+        if priority is not None:
+            headers["X-Priority"] = priority
         return f"/flow/{check_flow_name(flow)}", params, headers
 
     async def submit(
@@ -193,10 +196,13 @@ class HttpClient:
         options: dict[str, list[str]] | None = None,
         delay: float | None = None,
         callback_url: str | None = None,
+        priority: str | None = None,
     ) -> str:
         if delay is not None:
             raise ConfigError("delay= needs a Redis client: the gateway has no delayed start")
-        path, params, headers = self._start_args(flow, options, run_id, callback_url, None)
+        path, params, headers = self._start_args(
+            flow, options, run_id, callback_url, None, priority
+        )
         _, _, raw = await self._call("POST", path, params=params, body=(data,), headers=headers)
         return str(codec.loads(raw)["run_id"])
 
@@ -224,10 +230,13 @@ class HttpClient:
         run_id: str | None = None,
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
+        priority: str | None = None,
     ) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = MAX_WAIT if timeout is None else min(max(timeout, 0.0), MAX_WAIT)
-        path, params, headers = self._start_args(flow, options, run_id, callback_url, wait)
+        path, params, headers = self._start_args(
+            flow, options, run_id, callback_url, wait, priority
+        )
         status, ctype, raw = await self._call(
             "POST", path, params=params, body=(data,), headers=headers, wait=wait, allow=(409, 500)
         )

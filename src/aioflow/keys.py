@@ -7,9 +7,10 @@ vertices travel on, so each script touches one Cluster slot::
     af:fv:{flow} / af:fvseen:{flow}  every registered version, and when it was last served
                                    (see :mod:`aioflow.versions`)
     af:{flow:p}:q                  stream of vertex messages, consumer group "workers"
+    af:{flow:p}:qh / :ql           the same for runs of priority high / low
     af:{flow:p}:r:<key>            hash  one run: status, input, outputs, counters, store
     af:{flow:p}:p:<key>            list  a paused run's parked vertex messages
-    af:{flow:p}:z                  zset  delayed messages (retries, delayed starts) by due time
+    af:{flow:p}:z                  zset  delayed messages (retries, delayed starts, limits) by due
     af:{flow:p}:i                  zset  run index: key -> created time (listing)
     af:{flow:p}:dlq                stream dead letters
     af:{flow:p}:done               pub/sub channel: "<key>\\n<status>\\n<payload>"
@@ -17,6 +18,11 @@ vertices travel on, so each script touches one Cluster slot::
     af:workers                     hash  worker name -> heartbeat JSON (host, pid, last read)
     af:sched:<flow>                zset  schedule name -> last tick done (epoch ms, ZADD GT)
     af:sched:<flow>:paused         set   names of the flow's paused schedules
+    af:lim:{flow:vertex[:key]}:h   zset  a concurrency limit's slots: holder -> lease expiry
+        ...:r / :w / :m / :n              reserved slots, waiters, where they sleep, counter
+    af:rate:{flow:vertex[:key]}    hash  a rate limit's token bucket (:r its reservations)
+
+Limit keys have a hash tag of their own (see :mod:`aioflow.limits`).
 
 A run id is ``<flow>.<partition>.<key>``: it names its flow and partition.
 """
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidRunId
 from .model import FLOW_NAME_RE
+from .priority import PRIORITIES, SUFFIX
 
 GROUP = "workers"
 FLOWS = "af:flows"
@@ -66,6 +73,10 @@ class RunId:
     def stream(self) -> str:
         return f"{self.tag}:q"
 
+    def stream_of(self, priority: str) -> str:
+        """The stream of this run's partition for ``priority``."""
+        return stream(self.flow, self.partition, priority)
+
     @property
     def parked(self) -> str:
         return f"{self.tag}:p:{self.key}"
@@ -90,8 +101,18 @@ def tag(flow: str, partition: int) -> str:
     return f"af:{{{flow}:{partition}}}"
 
 
-def stream(flow: str, partition: int) -> str:
-    return f"{tag(flow, partition)}:q"
+def stream(flow: str, partition: int, priority: str = "default") -> str:
+    return f"{tag(flow, partition)}:q{SUFFIX[priority]}"
+
+
+def streams(flow: str, partition: int) -> list[str]:
+    """Every stream of a partition, high priority first."""
+    return [stream(flow, partition, p) for p in PRIORITIES]
+
+
+def stream_tag(stream: str) -> str:
+    """The ``af:{flow:p}`` prefix of a partition's stream (any priority)."""
+    return stream[: stream.rindex("}") + 1]
 
 
 def schedules(flow: str) -> str:

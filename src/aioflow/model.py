@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 from .errors import DefinitionError
-from .policy import RetryPolicy
+from .policy import Rate, RetryPolicy
 from .ticks import Schedule
 
 __all__ = ["Dag", "Edge", "Flow", "Vertex"]
@@ -31,6 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ChooseFn: TypeAlias = Callable[[Any], "Iterable[str] | Awaitable[Iterable[str]]"]
 SplitFn: TypeAlias = Callable[[Any], "Mapping[Any, Any] | Awaitable[Mapping[Any, Any]]"]
+KeyFn: TypeAlias = Callable[[Any], "str | Awaitable[str]"]
 
 
 @dataclass(eq=False)
@@ -48,6 +49,10 @@ class Vertex:
     branches: dict[str, Dag] = field(default_factory=dict)
     choose: ChooseFn | None = None
     split: SplitFn | None = None
+    concurrency: int | None = None
+    concurrency_key: KeyFn | None = None
+    rate: Rate | None = None
+    rate_key: KeyFn | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +73,36 @@ def check_name(name: object, what: str = "vertex") -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def _limits(
+    name: Any,
+    concurrency: int | None,
+    concurrency_key: KeyFn | None,
+    rate: str | None,
+    rate_key: KeyFn | None,
+) -> dict[str, Any]:
+    label = getattr(name, "__name__", name)
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise DefinitionError(f"node {label!r}: concurrency must be an int >= 1")
+    if concurrency_key is not None and (concurrency is None or not callable(concurrency_key)):
+        raise DefinitionError(
+            f"node {label!r}: concurrency_key must be a function, used with concurrency="
+        )
+    if rate_key is not None and (rate is None or not callable(rate_key)):
+        raise DefinitionError(f"node {label!r}: rate_key must be a function, used with rate=")
+    try:
+        parsed = Rate.parse(rate) if rate is not None else None
+    except DefinitionError as e:
+        raise DefinitionError(f"node {label!r}: {e}") from None
+    return {
+        "concurrency": concurrency,
+        "concurrency_key": concurrency_key,
+        "rate": parsed,
+        "rate_key": rate_key,
+    }
 
 
 class Dag:
@@ -145,6 +180,10 @@ class Dag:
         timeout: float | None = None,
         aggregate: Callable[[Any], Any] | None = None,
         on_failure: Callable[..., Any] | None = None,
+        concurrency: int | None = None,
+        concurrency_key: KeyFn | None = None,
+        rate: str | None = None,
+        rate_key: KeyFn | None = None,
     ) -> Callable[[F], F]: ...
 
     @overload
@@ -159,6 +198,10 @@ class Dag:
         timeout: float | None = None,
         aggregate: Callable[[Any], Any] | None = None,
         on_failure: Callable[..., Any] | None = None,
+        concurrency: int | None = None,
+        concurrency_key: KeyFn | None = None,
+        rate: str | None = None,
+        rate_key: KeyFn | None = None,
     ) -> F: ...
 
     def node(
@@ -172,6 +215,10 @@ class Dag:
         timeout: float | None = None,
         aggregate: Callable[[Any], Any] | None = None,
         on_failure: Callable[..., Any] | None = None,
+        concurrency: int | None = None,
+        concurrency_key: KeyFn | None = None,
+        rate: str | None = None,
+        rate_key: KeyFn | None = None,
     ) -> Any:
         """Add a node vertex running ``fn(data)`` or ``fn(data, ctx)``.
 
@@ -183,15 +230,24 @@ class Dag:
         ``aggregate(values)`` receives ``{parent: value}`` and returns the node's
         input. ``on_failure(error, data, ctx)`` may return a value that replaces
         the failed output (raise to let the vertex fail). Returns ``fn`` unchanged.
+
+        Limits hold across all workers (see the README, "Limits"): at most
+        ``concurrency`` executions at once, per value of ``concurrency_key(data)``
+        when given; at most ``rate`` executions (``"100/s"``, ``"/m"``, ``"/h"``)
+        per value of ``rate_key(data)`` when given. Key functions get the node's
+        input, may be async and return a string.
         """
+        limits = _limits(name, concurrency, concurrency_key, rate, rate_key)
         if callable(name) and fn is None:
-            return self._node(name.__name__, name, after, retries, timeout, aggregate, on_failure)
+            return self._node(
+                name.__name__, name, after, retries, timeout, aggregate, on_failure, limits
+            )
         if fn is not None:
             if not callable(fn):
                 raise DefinitionError(
                     f"{self._label()}: node {name!r} needs a callable, got {fn!r}"
                 )
-            return self._node(name, fn, after, retries, timeout, aggregate, on_failure)
+            return self._node(name, fn, after, retries, timeout, aggregate, on_failure, limits)
 
         def decorator(f: F) -> F:
             if not callable(f):
@@ -204,6 +260,7 @@ class Dag:
                 timeout,
                 aggregate,
                 on_failure,
+                limits,
             )
 
         return decorator
@@ -217,6 +274,7 @@ class Dag:
         timeout: float | None,
         aggregate: Callable[[Any], Any] | None,
         on_failure: Callable[..., Any] | None,
+        limits: dict[str, Any] | None = None,
     ) -> F:
         if isinstance(retries, RetryPolicy):
             retry = retries
@@ -241,6 +299,7 @@ class Dag:
                 timeout=float(timeout) if timeout is not None else None,
                 aggregate=aggregate,
                 on_failure=on_failure,
+                **(limits or {}),
             ),
             after,
         )

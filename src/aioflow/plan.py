@@ -190,6 +190,12 @@ def describe(dag: Dag) -> dict[str, Any]:
             "aggregate": v.aggregate is not None,
             "on_failure": v.on_failure is not None,
         }
+        if v.concurrency is not None:
+            item["concurrency"] = v.concurrency
+            item["concurrency_key"] = v.concurrency_key is not None
+        if v.rate is not None:
+            item["rate"] = {"count": v.rate.count, "period": v.rate.period}
+            item["rate_key"] = v.rate_key is not None
         if v.kind in ("subdag", "foreach") and v.dag is not None:
             item["dag"] = describe(v.dag)
         if v.kind == "branch":

@@ -53,3 +53,27 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy()
+
+
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``count`` executions per ``period`` seconds (a token bucket that
+    holds up to ``count`` tokens, so a burst of ``count`` may start at once)."""
+
+    count: int
+    period: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"100/s"``, ``"10/m"`` or ``"500/h"``; raises :class:`DefinitionError`."""
+        count, _, unit = text.partition("/") if isinstance(text, str) else ("", "", "")
+        if not count.isdigit() or int(count) < 1 or unit not in _PERIODS:
+            raise DefinitionError(f"invalid rate {text!r}: expected '<count>/s', '/m' or '/h'")
+        return cls(int(count), _PERIODS[unit])
+
+    @property
+    def per_ms(self) -> float:
+        return self.count / (self.period * 1000.0)

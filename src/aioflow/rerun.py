@@ -102,7 +102,7 @@ async def rerun(
                         fields["k"] = kind
                     if data:
                         fields["d"] = data
-                    pipe.xadd(rid.stream, fields)
+                    pipe.xadd(rid.stream + h.get(b"pr", b"").decode(), fields)
                 if on_dead_letter:
                     pipe.xdel(f"{rid.tag}:dlq", on_dead_letter)
                 await pipe.execute()

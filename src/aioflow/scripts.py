@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 from .conn import RedisPyLean
 from .topology import Conn, Router
 
-NAMES = (
+NAMES: tuple[str, ...] = (
     "claim",
     "complete",
     "submit",
@@ -26,10 +26,15 @@ NAMES = (
     "trim",
     "handback",
     "submit_many",
+    "limit",  # global limits (aioflow/limits.py): limit, rate, wake
+    "rate",
+    "wake",
 )
 # Scripts whose second application changes nothing: sent again when a connection
-# drops with the call in flight (a failover, a restart).
-IDEMPOTENT = frozenset({"complete", "submit", "move", "lease", "trim", "handback", "submit_many"})
+# drops with the call in flight (a failover, a restart). (Not rate: it takes a token.)
+IDEMPOTENT = frozenset(
+    {"complete", "submit", "move", "lease", "trim", "handback", "submit_many", "limit", "wake"}
+)
 
 
 def _source(name: str) -> str:

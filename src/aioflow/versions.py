@@ -209,7 +209,8 @@ async def register(
                 pipe.zadd(seen_key(flow.name), {doc["version"]: now})
             pipe.hexists(keys.FLOWS, flow.name)
             for p in range(parts):
-                pipe.xgroup_create(keys.stream(flow.name, p), keys.GROUP, id="0", mkstream=True)
+                for stream in keys.streams(flow.name, p):  # every priority's stream
+                    pipe.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
             res = await pipe.execute(raise_on_error=False)
         for r in res:
             if isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
@@ -336,7 +337,8 @@ async def listing(
     parts = max([int(d.get("partitions") or 1) for d in docs.values()] or [1])
     async with redis.pipeline(transaction=False) as pipe:
         for p in range(parts):
-            pipe.xpending(keys.stream(flow, p), keys.GROUP)
+            for stream in keys.streams(flow, p):
+                pipe.xpending(stream, keys.GROUP)
         summaries = await pipe.execute(raise_on_error=False)
     for summary in summaries:
         for c in summary.get("consumers") or () if isinstance(summary, dict) else ():

@@ -23,12 +23,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import codec, keys, metrics, tracing
+from . import codec, keys, metrics, priority, tracing
 from .clock import wait as clock_wait
 from .conn import Lean, RedisPyLean
 from .engine import REDIS_ERRORS, partitions_of, register
 from .errors import ConfigError
 from .keys import RunId
+from .limits import Limits
 from .model import Flow
 from .plan import compile_dag, resolve
 from .schedule import ticking
@@ -94,6 +95,9 @@ class Worker:
         self._busy_readers = 0  # readers whose last read found messages
         self._rotate = 0
         self._read_backoff = 0.05
+        self._by_priority: dict[str, list[str]] = {}  # priority -> its streams, by prepare()
+        self._busy: dict[str, set[str]] = {}  # per reader: the priorities it last found work in
+        self._prio_tick = 0
         self._inflight: dict[bytes, tuple[Msg, asyncio.Task[None]]] = {}
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
         self._done: list[tuple[Msg, list[Any]]] = []
@@ -123,6 +127,14 @@ class Worker:
             settings=self.settings,
         )
         self.versions = WorkerVersions(self)
+        self.limits = Limits(
+            self.fast,
+            self.executor,
+            settings=self.settings,
+            clock=clock,
+            queue=self._queue,
+            note_due=self._note_due,
+        )
 
     @property
     def redis(self) -> RedisClient:
@@ -152,11 +164,16 @@ class Worker:
                 raw = {as_text(k): as_text(v) for k, v in zip(raw[::2], raw[1::2], strict=False)}
             check_server(raw)
         self.streams = {
-            keys.stream(f.name, p): f
+            s: f
             for f in self.flows.values()
             for p in range(partitions_of(f, self.fast))
+            for s in keys.streams(f.name, p)
         }
         self._stream_list = list(self.streams)
+        self._by_priority = {
+            pr: [s for s in self._stream_list if priority.of_stream(s) == pr]
+            for pr in priority.PRIORITIES
+        }
         await register(self.redis, self.flows.values(), fast=self.fast)
 
     def stop(self) -> None:
@@ -236,6 +253,7 @@ class Worker:
             await self._flush()
             if self._done or self._inflight:  # a flush by another task, or a retry pause
                 await asyncio.sleep(0.02)
+        await self.limits.flush()
 
     async def _hand_back_unstarted(self) -> None:
         """Messages delivered to us that no task runs (a read cut short by the
@@ -345,6 +363,9 @@ class Worker:
             share = max(1, free // max(1, self._busy_readers))
         else:  # one whose streams had nothing blocks holding a slot per stream
             share = min(free, n)
+        got = await self._read_by_priority(reader, streams, share)
+        if got:
+            return got  # found some: read again with what is still free
         if share >= n:
             chosen, count, block = streams, share // n, 1000
         else:
@@ -409,6 +430,58 @@ class Worker:
         self._read_backoff = min(self._read_backoff * 2, 2.0)
         with contextlib.suppress(*REDIS_ERRORS):
             await self.fast.refresh()
+
+    async def _read_by_priority(
+        self, reader: Lean | RedisPyLean, streams: list[str], free: int
+    ) -> int:
+        """One round of reads of ``streams`` (one reader's) that do not block, ``free``
+        slots shared by priority (see :mod:`aioflow.priority`); answers how many
+        messages it found."""
+        by_priority: dict[str, list[str]] = {}
+        for s in streams:
+            by_priority.setdefault(priority.of_stream(s), []).append(s)
+        busy = self._busy.setdefault(streams[0], set())
+        reads = priority.plan_reads(free, by_priority, busy, self._prio_tick)
+        self._prio_tick += 1
+        # not counted in _reserved: the round does not block, and other readers
+        # waiting for slots must not wait on it
+        try:
+            resps: list[Any] = list(
+                await asyncio.gather(
+                    *(
+                        reader.execute(
+                            "XREADGROUP",
+                            "GROUP",
+                            keys.GROUP,
+                            self.consumer,
+                            "COUNT",
+                            r.count,
+                            "STREAMS",
+                            *r.streams,
+                            *[">"] * len(r.streams),
+                        )
+                        for r in reads
+                    ),
+                    return_exceptions=True,
+                )
+            )
+            # what a failed read did not bring, the blocking read reports and backs off on
+            resps = [None if isinstance(r, BaseException) else r for r in resps]
+            busy.clear()
+            busy.update(r.priority for r, resp in zip(reads, resps, strict=True) if resp)
+            if not busy:
+                return 0
+            self.last_read = time.monotonic()
+            for resp in resps:
+                for stream, entries in resp or ():
+                    await self._start(
+                        stream.decode() if isinstance(stream, bytes) else stream,
+                        entries,
+                        reclaimed=False,
+                    )
+            return sum(len(entries) for resp in resps for _, entries in resp or ())
+        finally:
+            self._slot_event.set()
 
     async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
         flow = self.streams[stream]
@@ -477,6 +550,7 @@ class Worker:
             log.warning("claim failed (%s); %d messages left for redelivery", e, len(msgs))
             return
         other: dict[str, int] = {}
+        limited: list[Msg] = []
         for mm, r in zip(msgs, res, strict=True):
             code = r[0]
             if code == b"other":
@@ -492,16 +566,25 @@ class Worker:
                 m.fetched = list(r[2:])
                 if self.tracing:
                     m.trace = m.fetched.pop()
-                self.metrics.started(m, now)
-                task = asyncio.create_task(self._run(m))
-                self._inflight[m.id] = (m, task)
-                self._by_run.setdefault((stream, m.uid), set()).add(m.id)
+                if self.limits.applies(m):
+                    limited.append(m)
+                else:
+                    self._launch(m, now)
             elif code == b"dead":
                 log.error("message %s (%s %s) dead-lettered", m.id, m.uid, m.addr)
                 if r[1] == b"failed":
                     self.metrics.dead_lettered(m)
         if other:
             self.versions.parked(stream, other)
+        if limited:  # global concurrency and rate limits: start now, or wait parked
+            for m in await self.limits.admit(limited):
+                self._launch(m, now)
+
+    def _launch(self, m: Msg, now: float) -> None:
+        self.metrics.started(m, now)
+        task = asyncio.create_task(self._run(m))
+        self._inflight[m.id] = (m, task)
+        self._by_run.setdefault((m.stream, m.uid), set()).add(m.id)
 
     def _queue(
         self,
@@ -577,6 +660,7 @@ class Worker:
                     elif r != b"dup":  # ok, or it ended the run
                         self.completed += 1
                     self.metrics.done(m, r)
+                    self.limits.done(m, fenced=r == b"fenced")
                     self._release(m)
 
     async def _apply(self, stream: str, items: list[tuple[Msg, list[Any]]]) -> Any:
@@ -610,7 +694,7 @@ class Worker:
             await clock_wait(self.clock, self._due_event, wait, poll=0.25)
             now = self.clock()
             nxt = 0.0
-            for stream in self._stream_list:
+            for stream in self._by_priority["default"]:  # one delayed set per partition
                 try:
                     moved, score = await SCRIPTS.call(
                         self.fast, "move", stream, int(now * 1000), 500
@@ -671,8 +755,8 @@ class Worker:
     async def _prune_index(self) -> None:
         """Drop index entries of runs that expired (the index outlives no run)."""
         horizon = self.clock() - self.settings.result_ttl
-        for stream in self._stream_list:
-            tag = stream[:-2]
+        for stream in self._by_priority["default"]:
+            tag = keys.stream_tag(stream)
             old: Any = await self.redis.zrangebyscore(f"{tag}:i", "-inf", horizon, start=0, num=500)
             if not old:
                 continue
@@ -700,7 +784,7 @@ class Worker:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, uid in runs:
-                pipe.hget(f"{stream[:-2]}:r:{uid}", "status")
+                pipe.hget(f"{keys.stream_tag(stream)}:r:{uid}", "status")
             statuses = await pipe.execute()
         for (stream, uid), st in zip(runs, statuses, strict=True):
             if st == b"stopped":
@@ -709,6 +793,7 @@ class Worker:
                 self._on_control(f"stop {flow}.{part}.{uid}")
 
     async def _extend_leases(self) -> None:
+        await self.limits.renew()
         by_stream: dict[str, list[bytes]] = {}
         for m, _ in self._inflight.values():
             by_stream.setdefault(m.stream, []).append(m.id)
@@ -764,7 +849,12 @@ class Worker:
             rid = RunId.parse(run_id)
         except Exception:
             return
-        for mid in list(self._by_run.get((rid.stream, rid.key), ())):
+        mids = [
+            m
+            for s in keys.streams(rid.flow, rid.partition)
+            for m in self._by_run.get((s, rid.key), ())
+        ]
+        for mid in mids:
             item = self._inflight.get(mid)
             if item is not None:
                 log.info("stopping %s of run %s", item[0].addr, run_id)

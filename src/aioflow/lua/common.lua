@@ -1,29 +1,33 @@
 -- Redis 7 has sharded pub/sub (and tells Lua its version); 6.2 has neither.
 local PUBLISH_DONE = redis.REDIS_VERSION_NUM and 'SPUBLISH' or 'PUBLISH'
 
--- Shared prelude: KEYS[1] is the stream af:{flow:p}:q; every other key is derived
--- from its prefix and so lives in the same Cluster slot.
+-- Shared prelude: KEYS[1] is a stream af:{flow:p}:q (or :qh, :ql for priorities);
+-- every other key is derived from its prefix and so lives in the same Cluster slot.
 local q = KEYS[1]
-local pre = string.sub(q, 1, -3)
+local pre = string.match(q, '^(.*}):') or q
 local GROUP = 'workers'
 local TERMINAL = {completed = true, failed = true, stopped = true}
 
 local function runkey(uid) return pre .. ':r:' .. uid end
 
-local function xadd(uid, addr, kind, data)
+-- The stream of a run's priority (field pr: 'h', 'l' or none). Scripts started by a
+-- message of the run already run on it (q); the others ask.
+local function runq(run) return pre .. ':q' .. (redis.call('HGET', run, 'pr') or '') end
+
+local function xadd(uid, addr, kind, data, stream)
   local f = {'r', uid, 'a', addr}
   if kind ~= 'n' and kind ~= '' then f[#f + 1] = 'k'; f[#f + 1] = kind end
   if data ~= '' then f[#f + 1] = 'd'; f[#f + 1] = data end
-  redis.call('XADD', q, '*', unpack(f))
+  redis.call('XADD', stream or q, '*', unpack(f))
 end
 
--- Enqueue a vertex message, or park it when the run is paused.
-local function enqueue(run, uid, status, addr, kind, data)
+-- Enqueue a vertex message (on stream, default q), or park it when the run is paused.
+local function enqueue(run, uid, status, addr, kind, data, stream)
   if status == 'paused' then
     redis.call('RPUSH', pre .. ':p:' .. uid, cmsgpack.pack({addr, kind, data}))
     redis.call('HSET', run, 's:' .. addr, 'parked')
   else
-    xadd(uid, addr, kind, data)
+    xadd(uid, addr, kind, data, stream)
   end
 end
 
@@ -41,7 +45,7 @@ local function finish(run, uid, status, field, value, now, ttl, prior, hooks)
   if prior == nil or prior == 'paused' then redis.call('DEL', pre .. ':p:' .. uid) end
   if hooks == nil then hooks = redis.call('HEXISTS', run, 'hooks') == 1 end
   -- flow hooks and callbacks run once, in a worker, after the run ended
-  if hooks then xadd(uid, '$final', 'f', '') end
+  if hooks then xadd(uid, '$final', 'f', '', runq(run)) end
   local payload = value
   if #payload > 65536 then payload = '' end
   -- sharded on Redis 7+ (delivered by the run's own shard on a cluster)

@@ -13,9 +13,10 @@ elseif action == 'resume' then
   local back = redis.call('HGET', run, 'was') or 'running'
   redis.call('HSET', run, 'status', back)
   local p = pre .. ':p:' .. uid
+  local stream = runq(run)
   for _, m in ipairs(redis.call('LRANGE', p, 0, -1)) do
     local t = cmsgpack.unpack(m)
-    xadd(uid, t[1], t[2], t[3])
+    xadd(uid, t[1], t[2], t[3], stream)
   end
   redis.call('DEL', p)
   return {'ok', back}

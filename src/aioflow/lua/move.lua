@@ -14,7 +14,7 @@ for _, m in ipairs(due) do
   local status = redis.call('HGET', run, 'status')
   if status and not TERMINAL[status] then
     enqueue(run, uid, status, string.sub(m, a + 1, b - 1), string.sub(m, b + 1, c - 1),
-      string.sub(m, d + 1))
+      string.sub(m, d + 1), runq(run))
   end
   redis.call('ZREM', z, m)
 end
