@@ -151,7 +151,11 @@ def test_address_classification(address: str, problem: str | None) -> None:
 
 
 async def test_callback_policy() -> None:
-    names = {"hooks.example.com": ["93.184.215.14"], "evil.example.com": ["8.8.8.8", "10.0.0.5"]}
+    names = {
+        "hooks.example.com": ["93.184.215.14"],
+        "evil.example.com": ["8.8.8.8", "10.0.0.5"],
+        "metadata.example.com": ["169.254.169.254"],  # a cloud metadata address
+    }
     asked: list[tuple[str, int]] = []
 
     async def resolver(host: str, port: int) -> list[str]:
@@ -172,7 +176,7 @@ async def test_callback_policy() -> None:
     assert "loopback" in await refused(default, "http://127.0.0.1:9/x")
     assert "loopback" in await refused(default, "http://[::1]/x")
     assert "loopback" in await refused(default, "http://[::ffff:127.0.0.1]/x")
-    assert "link-local" in await refused(default, "http://169.254.169.254/latest")
+    assert "link-local" in await refused(default, "http://metadata.example.com/latest")
     assert "private" in await refused(default, "http://evil.example.com/")  # any address counts
     assert "does not resolve" in await refused(default, "http://nowhere.example.com/")
     for bad in ("ftp://x/", "http:///x", "http://x:99999/", "javascript:alert(1)", "/x"):
