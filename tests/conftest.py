@@ -11,8 +11,10 @@ import redis as redis_py
 import redis.asyncio as aioredis
 
 from aioflow.redis_cluster import LocalCluster
-from aioflow.redis_server import RedisServer
+from aioflow.redis_server import RedisServer, free_port
 from tests.helpers import ClusterFactory, RedisFactory
+from tests.otlp_receiver import Receiver
+from tests.procs import Procs
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +104,26 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
     so that an end-to-end test runs on both (``test_x[single]``, ``test_x[cluster]``)."""
     url: str = request.getfixturevalue("redis_url" if request.param == "single" else "cluster_url")
     return url
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """aioflow commands as subprocesses (``procs.aioflow(name, *args, env=...)``), their
+    output in files; all killed at teardown. (Some modules keep a Procs of their own.)"""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.kill_all()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    """An OTLP/HTTP receiver on a free loopback port: (receiver, port)."""
+    r = Receiver()
+    port = free_port()
+    await r.start(port)
+    try:
+        yield r, port
+    finally:
+        await r.stop()

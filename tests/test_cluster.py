@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +24,7 @@ from aioflow.redis_server import free_port
 from aioflow.topology import Router, command_key, crc16, key_slot, lean
 from tests.engine_helpers import running
 from tests.helpers import run_aioflow, wait_until
-from tests.test_multiprocess import Procs
+from tests.procs import Procs, clean_env
 
 
 def test_crc16_is_redis_clusters_checksum() -> None:
@@ -141,15 +139,6 @@ async def test_registry_heartbeats_and_listing_on_a_cluster(cluster_url: str) ->
             r.close()
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
 @pytest.mark.slow
 async def test_gateway_and_two_worker_processes_on_a_cluster(
     redis_cluster: LocalCluster, procs: Procs
@@ -161,9 +150,10 @@ async def test_gateway_and_two_worker_processes_on_a_cluster(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     app = "tests.apps.diamond_app:app"
-    procs.start("serve", "serve", app, "--redis-url", urls[0], "--port", str(port))
-    w1 = procs.start("worker1", "worker", app, "--redis-url", urls[1])
-    w2 = procs.start("worker2", "worker", app, "--redis-url", urls[2])
+    env = clean_env()
+    procs.aioflow("serve", "serve", app, "--redis-url", urls[0], "--port", str(port), env=env)
+    w1 = procs.aioflow("worker1", "worker", app, "--redis-url", urls[1], env=env)
+    w2 = procs.aioflow("worker2", "worker", app, "--redis-url", urls[2], env=env)
     r = SyncRedisCluster.from_url(urls[0])
     try:
         await wait_until(lambda: len(r.hgetall("af:workers")) >= 2, timeout=30, what="2 workers")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +49,6 @@ def compose() -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services: dict[str, Any] = interpolate(doc, {"REDIS_PASSWORD": PASSWORD})["services"]
     return services
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    r = Receiver()
-    port = free_port()
-    await r.start(port)
-    try:
-        yield r, port
-    finally:
-        await r.stop()
 
 
 def test_files_agree(compose: dict[str, Any]) -> None:

@@ -4,8 +4,6 @@ each run is one trace holding its run span and every vertex span."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,26 +18,6 @@ from tests.otlp_receiver import Receiver
 from tests.procs import Procs, clean_env
 
 APP = "tests.apps.traced_app:app"
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
-    r = Receiver()
-    port = free_port()
-    await r.start(port)
-    try:
-        yield r, port
-    finally:
-        await r.stop()
 
 
 async def _readers(redis: Redis, n: int) -> bool:

@@ -186,9 +186,9 @@ class Lean:
 
 
 class RedisPyLean:
-    """The router's interface over a redis-py client, for servers :class:`Lean`
-    cannot reach (TLS, unix sockets): one node, no cluster. Replies are whatever
-    redis-py makes of them."""
+    """The router's interface over a redis-py client, for a client whose connection
+    class :class:`Lean` does not know (a custom ``connection_class``): one node, no
+    cluster. Replies are whatever redis-py makes of them."""
 
     cluster = False
     sharded_pubsub = False
