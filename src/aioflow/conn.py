@@ -162,9 +162,12 @@ class Lean:
             proto = await self._open()
         return await self._send(proto, *args)
 
-    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send several commands in one write; their replies in order (the first
-        error reply is raised once all have arrived)."""
+    async def execute_many(
+        self, commands: list[tuple[Any, ...]], *, raise_errors: bool = True
+    ) -> list[Any]:
+        """Send several commands in one write; their replies in order. The first
+        error reply is raised once all have arrived, or with ``raise_errors=False``
+        left in its place."""
         proto = self._proto
         if proto is None or proto.lost is not None:
             proto = await self._open()
@@ -174,9 +177,10 @@ class Lean:
         proto.waiters.extend(futs)
         proto.transport.write(b"".join(_pack(*c) for c in commands))
         replies = [await f for f in futs]
-        for r in replies:
-            if isinstance(r, ResponseError):
-                raise r
+        if raise_errors:
+            for r in replies:
+                if isinstance(r, ResponseError):
+                    raise r
         return replies
 
     async def aclose(self) -> None:
@@ -221,6 +225,14 @@ class RedisPyLean:
 
     async def execute_on(self, addr: tuple[str, int], *args: Any) -> Any:
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    async def execute_many(
+        self, commands: list[tuple[Any, ...]], *, raise_errors: bool = True
+    ) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in commands:
+                pipe.execute_command(*c)
+            return list(await pipe.execute(raise_on_error=raise_errors))
 
     async def evalsha(self, sha: str, numkeys: int, *args: Any, idempotent: bool = False) -> Any:
         return await self.redis.evalsha(sha, numkeys, *args)

@@ -93,12 +93,17 @@ class Worker:
         self._stream_list: list[str] = []
         self._reserved = 0  # slots held by reads in progress
         self._busy_readers = 0  # readers whose last read found messages
-        self._rotate = 0
+        # read beyond the free slots (a blocked read holds none): (stream, message
+        # id) -> entry, started as slots free, leases renewed meanwhile
+        self._parked: dict[tuple[str, bytes], Any] = {}
+        self._unparking = False
+        self._unpark_task: asyncio.Task[None] | None = None
         self._read_backoff = 0.05
         self._by_priority: dict[str, list[str]] = {}  # priority -> its streams, by prepare()
-        self._busy: dict[str, set[str]] = {}  # per reader: the priorities it last found work in
+        self._busy: dict[str, set[str]] = {}  # per master: the priorities it last found work in
         self._prio_tick = 0
-        self._inflight: dict[bytes, tuple[Msg, asyncio.Task[None]]] = {}
+        # (stream, message id) -> ...: ids are unique within a stream only
+        self._inflight: dict[tuple[str, bytes], tuple[Msg, asyncio.Task[None]]] = {}
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
         self._done: list[tuple[Msg, list[Any]]] = []
         self._done_event = asyncio.Event()
@@ -247,7 +252,7 @@ class Worker:
                 await task
         # completions already queued, then the hand-backs, until all are applied
         for m, _ in left:
-            if m.id in self._inflight:
+            if (m.stream, m.id) in self._inflight:
                 self._queue(m, self.executor.handback_ops(m), mode="r", vstatus="queued")
         while self._done or self._inflight:
             await self._flush()
@@ -262,7 +267,7 @@ class Worker:
             pending: Any = await self.fast.execute(
                 "XPENDING", stream, keys.GROUP, "-", "+", 10000, self.consumer
             )
-            ids = [p[0] for p in pending or () if p[0] not in self._inflight]
+            ids = [p[0] for p in pending or () if (stream, p[0]) not in self._inflight]
             if ids:
                 n = await SCRIPTS.call(self.fast, "handback", stream, self.consumer, *ids)
                 log.info("handed back %d unstarted messages on %s", n, stream)
@@ -285,17 +290,26 @@ class Worker:
         return self.settings.concurrency - len(self._inflight)
 
     async def _read_all(self) -> None:
-        """Blocking readers, one per group of streams the router says one command
-        can read (all of them on one server, each slot apart on a cluster),
-        regrouped whenever the slot map changes; they share the free slots."""
+        """One reader per master (the one server when not a cluster), regrouped
+        whenever the slot map changes; the readers share the free slots.
+
+        A reader sweeps all its streams with non-blocking reads in one write (one
+        XREADGROUP per slot: a cluster refuses multi-slot commands even within one
+        master) while they have work, and only when a sweep finds nothing does it
+        block, one read per slot on connections of their own. A blocked read holds
+        no slot: what it brings beyond the free slots waits in ``_parked`` (already
+        ours in Redis, its lease renewed) until a slot frees.
+        """
         while not self._stopping.is_set():
             epoch = self.fast.epoch
-            groups = self.fast.read_groups(self._stream_list)
+            by_addr: dict[Addr, list[list[str]]] = {}
+            for addr, streams in self.fast.read_groups(self._stream_list):
+                by_addr.setdefault(addr, []).append(streams)
             readers = [
                 asyncio.create_task(
-                    self._read_loop(addr, streams, epoch, len(groups)), name="aioflow-read"
+                    self._read_master(addr, groups, epoch, len(by_addr)), name="aioflow-read"
                 )
-                for addr, streams in groups
+                for addr, groups in by_addr.items()
             ]
             try:
                 await asyncio.gather(*readers)
@@ -307,7 +321,7 @@ class Worker:
                         await r
 
     def _reader_conn(self, addr: Addr) -> Lean | RedisPyLean:
-        # blocking reads get a connection of their own; scripts share self.fast
+        # reads get connections of their own; scripts share self.fast
         if isinstance(self.fast, Router):
             t = self.fast.lean_template()
             return Lean(
@@ -322,61 +336,170 @@ class Worker:
         assert isinstance(self.backend.given, Redis)
         return RedisPyLean(self.backend.given.client())
 
-    async def _read_loop(self, addr: Addr, streams: list[str], epoch: int, readers: int) -> None:
-        reader = self._reader_conn(addr)
-        try:
-            await self._read_from(reader, streams, epoch, readers)
-        finally:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await reader.aclose()
-                if isinstance(reader, RedisPyLean):
-                    await reader.redis.aclose()
+    @staticmethod
+    async def _close_conn(conn: Lean | RedisPyLean) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await conn.aclose()
+            if isinstance(conn, RedisPyLean):
+                await conn.redis.aclose()
 
-    async def _read_from(
-        self, reader: Lean | RedisPyLean, streams: list[str], epoch: int, readers: int
+    async def _read_master(
+        self, addr: Addr, groups: list[list[str]], epoch: int, readers: int
     ) -> None:
-        busy = False  # the last read found messages
+        """The reads of one master: ``groups`` are its streams by slot. A slot is hot
+        (swept without blocking, all hot slots in one write) while its reads find
+        messages, else cold (one blocking read of its own, holding no slot) until
+        that read brings a full COUNT."""
+        sweeper = self._reader_conn(addr)
+        conns: list[Lean | RedisPyLean | None] = [None] * len(groups)
+        if len(groups) == 1:  # a hot slot has no blocking read: one connection is enough
+            conns[0] = sweeper
+        waits: dict[int, asyncio.Task[int]] = {}
+        hot = set(range(len(groups)))  # a first sweep finds out
+        nstreams = sum(len(g) for g in groups)
+        busy = False  # some slot is hot (counted in _busy_readers)
         try:
             while not self._stopping.is_set() and self.fast.epoch == epoch:
-                got = await self._read_once(reader, streams, readers, busy)
-                if got >= 0 and busy != (got > 0):
-                    busy = got > 0
+                free = self._free() - self._reserved - len(self._parked)
+                if free <= 0:
+                    self._slot_event.clear()
+                    await self._slot_event.wait()
+                    continue
+                if readers == 1:
+                    share = free
+                elif busy:  # the readers that found messages last time share the free slots
+                    share = max(1, free // max(1, self._busy_readers))
+                else:
+                    share = max(1, free // readers)
+                if hot:
+                    chosen = [groups[i] for i in sorted(hot)]
+                    swept = await self._sweep(sweeper, addr, chosen, share)
+                    if swept is None:
+                        await self._refresh()
+                        continue
+                    read, found = swept
+                    # cold: read this time and nothing found (a share smaller than the
+                    # streams reads only some of them)
+                    hot -= {
+                        i
+                        for i in hot
+                        if not found.intersection(groups[i]) and read.intersection(groups[i])
+                    }
+                if busy != bool(hot):
+                    busy = bool(hot)
                     self._busy_readers += 1 if busy else -1
+                # cold slots: a blocking read each (unless one is out already)
+                count = max(1, share // nstreams)
+                for i, g in enumerate(groups):
+                    if i not in hot and i not in waits:
+                        conn = conns[i] = conns[i] or self._reader_conn(addr)
+                        waits[i] = asyncio.create_task(self._wait_group(conn, g, count))
+                if hot:
+                    continue  # sweep again with what is still free
+                done, _ = await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
+                failed = False
+                for i, t in list(waits.items()):
+                    if t in done:
+                        del waits[i]
+                        n = t.result()
+                        failed = failed or n < 0
+                        if n >= count:  # a full COUNT: more may wait there
+                            hot.add(i)
+                if failed:
+                    await self._refresh()
         finally:
             if busy:
                 self._busy_readers -= 1
+            # a blocked read ends within its BLOCK: let it land rather than lose what
+            # it brings to the visibility timeout (unless the worker is stopping)
+            if waits and not self._stopping.is_set():
+                await asyncio.wait(waits.values(), timeout=2.0)
+            for t in waits.values():
+                t.cancel()
+            # a cancelled read may be opening its connection: let it end before closing
+            await asyncio.gather(*waits.values(), return_exceptions=True)
+            for c in {id(c): c for c in (sweeper, *conns) if c is not None}.values():
+                await self._close_conn(c)
 
-    async def _read_once(
-        self, reader: Lean | RedisPyLean, streams: list[str], readers: int, busy: bool
-    ) -> int:
-        """One XREADGROUP and the claim of what it brought: how many messages it
-        brought (-1: no read was made)."""
-        free = self._free() - self._reserved
-        if free <= 0:
-            self._slot_event.clear()
-            await self._slot_event.wait()
-            return -1
-        n = len(streams)
-        if readers == 1:
-            share = free
-        elif busy:  # the readers that found messages last time share the free slots
-            share = max(1, free // max(1, self._busy_readers))
-        else:  # one whose streams had nothing blocks holding a slot per stream
-            share = min(free, n)
-        got = await self._read_by_priority(reader, streams, share)
-        if got:
-            return got  # found some: read again with what is still free
-        if share >= n:
-            chosen, count, block = streams, share // n, 1000
-        else:
-            # COUNT applies per stream: read only as many streams as free slots
-            start = self._rotate % n
-            self._rotate += share
-            chosen = [streams[(start + i) % n] for i in range(share)]
-            count, block = 1, 10
+    async def _sweep(
+        self, conn: Lean | RedisPyLean, addr: Addr, groups: list[list[str]], share: int
+    ) -> tuple[set[str], set[str]] | None:
+        """Non-blocking reads of ``groups`` (streams by slot) on one master, ``share``
+        slots shared by priority (see :mod:`aioflow.priority`), sent in one write;
+        starts what they bring and answers the streams read and those that had
+        messages (None: the reads failed)."""
+        by_priority: dict[str, list[str]] = {}
+        slot_of: dict[str, int] = {}
+        for i, g in enumerate(groups):
+            for s in g:
+                by_priority.setdefault(priority.of_stream(s), []).append(s)
+                slot_of[s] = i
+        busy = self._busy.setdefault(f"{addr[0]}:{addr[1]}", set())
+        plan = priority.plan_reads(share, by_priority, busy, self._prio_tick)
+        self._prio_tick += 1
+        commands: list[tuple[Any, ...]] = []
+        prios: list[str] = []
+        read: set[str] = set()
+        for r in plan:
+            read.update(r.streams)
+            per_slot: dict[int, list[str]] = {}
+            for s in r.streams:
+                per_slot.setdefault(slot_of[s], []).append(s)
+            for ss in per_slot.values():
+                commands.append(
+                    (
+                        "XREADGROUP",
+                        "GROUP",
+                        keys.GROUP,
+                        self.consumer,
+                        "COUNT",
+                        r.count,
+                        "STREAMS",
+                        *ss,
+                        *[">"] * len(ss),
+                    )
+                )
+                prios.append(r.priority)
         self._reserved += share
         try:
-            resp: Any = await reader.execute(
+            replies = await conn.execute_many(commands, raise_errors=False)
+        except REDIS_ERRORS as e:
+            self._reserved -= share
+            self._slots_freed()
+            log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
+            return None
+        failed = False
+        got = 0
+        found: set[str] = set()
+        busy.clear()
+        for p, resp in zip(prios, replies, strict=True):
+            if isinstance(resp, BaseException):
+                failed = True
+                await self._read_failed(resp)
+            elif resp:
+                busy.add(p)
+                for stream, entries in resp:
+                    found.add(as_text(stream))
+                    got += len(entries)
+        self._reserved -= share - got
+        if got:
+            self.last_read = time.monotonic()
+            self._read_backoff = 0.05
+        try:
+            for resp in replies:
+                if resp and not isinstance(resp, BaseException):
+                    for stream, entries in resp:
+                        await self._start(as_text(stream), entries, reclaimed=False)
+        finally:
+            self._reserved -= got
+            self._slots_freed()
+        return None if failed and not got else (read, found)
+
+    async def _wait_group(self, conn: Lean | RedisPyLean, streams: list[str], count: int) -> int:
+        """A blocking read of one slot's streams: how many messages it brought
+        (-1: it failed). What exceeds the free slots on arrival is parked."""
+        try:
+            resp: Any = await conn.execute(
                 "XREADGROUP",
                 "GROUP",
                 keys.GROUP,
@@ -384,104 +507,82 @@ class Worker:
                 "COUNT",
                 count,
                 "BLOCK",
-                block,
+                1000,
                 "STREAMS",
-                *chosen,
-                *[">"] * len(chosen),
+                *streams,
+                *[">"] * len(streams),
             )
-            self._read_backoff = 0.05
         except ResponseError as e:
-            self._reserved -= share
-            if str(e).startswith("NOGROUP"):
-                # the group's creation was lost (a failover before it replicated)
-                log.warning("read failed (%s): creating the consumer groups again", e)
-                with contextlib.suppress(*REDIS_ERRORS, ResponseError):
-                    await register(self.redis, self.flows.values(), fast=self.fast)
-            elif str(e).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
-                # a slot of ours moved (failover, resharding): regroup the readers
-                log.info("read redirected (%s); refreshing the cluster map", e)
-            else:
-                log.error("read failed (%s); retrying", e)
-            await self._refresh()
+            await self._read_failed(e)
             return -1
         except REDIS_ERRORS as e:
-            self._reserved -= share
             log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
-            await self._refresh()
             return -1
-        self.last_read = time.monotonic()
-        got = sum(len(entries) for _, entries in resp or ())
-        self._reserved -= share - got
-        try:
-            for stream, entries in resp or ():
-                await self._start(
-                    stream.decode() if isinstance(stream, bytes) else stream,
-                    entries,
-                    reclaimed=False,
-                )
-        finally:
-            self._reserved -= got
-            if got < share:
-                self._slot_event.set()
+        self._read_backoff = 0.05
+        got = 0
+        for stream, entries in resp or ():
+            got += len(entries)
+            self.last_read = time.monotonic()
+            await self._take(as_text(stream), entries)
         return got
+
+    async def _take(self, stream: str, entries: list[Any]) -> None:
+        """Start what the free slots allow of ``entries``, park the rest."""
+        free = max(0, self._free() - self._reserved - len(self._parked))
+        now, later = entries[:free], entries[free:]
+        for e in later:
+            if e is not None:
+                self._parked[(stream, e[0])] = e
+        if now:
+            self._reserved += len(now)
+            try:
+                await self._start(stream, now, reclaimed=False)
+            finally:
+                self._reserved -= len(now)
+                self._slots_freed()
+
+    async def _unpark(self) -> None:
+        """Start parked messages as slots free (run on each release while any wait)."""
+        if self._unparking:
+            return
+        self._unparking = True
+        try:
+            while self._parked and not self._stopping.is_set():
+                free = self._free() - self._reserved
+                if free <= 0:
+                    return
+                batch: dict[str, list[Any]] = {}
+                for key in list(self._parked)[:free]:
+                    batch.setdefault(key[0], []).append(self._parked.pop(key))
+                n = sum(len(es) for es in batch.values())
+                self._reserved += n
+                try:
+                    for stream, es in batch.items():
+                        await self._start(stream, es, reclaimed=False)
+                finally:
+                    self._reserved -= n
+        finally:
+            self._unparking = False
+            self._slot_event.set()
+
+    async def _read_failed(self, e: BaseException) -> None:
+        text = str(e)
+        if text.startswith("NOGROUP"):
+            # the group's creation was lost (a failover before it replicated)
+            log.warning("read failed (%s): creating the consumer groups again", e)
+            with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                await register(self.redis, self.flows.values(), fast=self.fast)
+        elif text.startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+            # a slot of ours moved (failover, resharding): regroup the readers
+            log.info("read redirected (%s); refreshing the cluster map", e)
+        else:
+            log.error("read failed (%s); retrying", e)
 
     async def _refresh(self) -> None:
         await asyncio.sleep(self._read_backoff)
         self._read_backoff = min(self._read_backoff * 2, 2.0)
         with contextlib.suppress(*REDIS_ERRORS):
             await self.fast.refresh()
-
-    async def _read_by_priority(
-        self, reader: Lean | RedisPyLean, streams: list[str], free: int
-    ) -> int:
-        """One round of reads of ``streams`` (one reader's) that do not block, ``free``
-        slots shared by priority (see :mod:`aioflow.priority`); answers how many
-        messages it found."""
-        by_priority: dict[str, list[str]] = {}
-        for s in streams:
-            by_priority.setdefault(priority.of_stream(s), []).append(s)
-        busy = self._busy.setdefault(streams[0], set())
-        reads = priority.plan_reads(free, by_priority, busy, self._prio_tick)
-        self._prio_tick += 1
-        # not counted in _reserved: the round does not block, and other readers
-        # waiting for slots must not wait on it
-        try:
-            resps: list[Any] = list(
-                await asyncio.gather(
-                    *(
-                        reader.execute(
-                            "XREADGROUP",
-                            "GROUP",
-                            keys.GROUP,
-                            self.consumer,
-                            "COUNT",
-                            r.count,
-                            "STREAMS",
-                            *r.streams,
-                            *[">"] * len(r.streams),
-                        )
-                        for r in reads
-                    ),
-                    return_exceptions=True,
-                )
-            )
-            # what a failed read did not bring, the blocking read reports and backs off on
-            resps = [None if isinstance(r, BaseException) else r for r in resps]
-            busy.clear()
-            busy.update(r.priority for r, resp in zip(reads, resps, strict=True) if resp)
-            if not busy:
-                return 0
-            self.last_read = time.monotonic()
-            for resp in resps:
-                for stream, entries in resp or ():
-                    await self._start(
-                        stream.decode() if isinstance(stream, bytes) else stream,
-                        entries,
-                        reclaimed=False,
-                    )
-            return sum(len(entries) for resp in resps for _, entries in resp or ())
-        finally:
-            self._slot_event.set()
 
     async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
         flow = self.streams[stream]
@@ -583,7 +684,7 @@ class Worker:
     def _launch(self, m: Msg, now: float) -> None:
         self.metrics.started(m, now)
         task = asyncio.create_task(self._run(m))
-        self._inflight[m.id] = (m, task)
+        self._inflight[(m.stream, m.id)] = (m, task)
         self._by_run.setdefault((m.stream, m.uid), set()).add(m.id)
 
     def _queue(
@@ -670,13 +771,18 @@ class Worker:
         return await SCRIPTS.call(self.fast, "complete", stream, *args)
 
     def _release(self, m: Msg) -> None:
-        if self._inflight.pop(m.id, None) is not None:
+        if self._inflight.pop((m.stream, m.id), None) is not None:
             ids = self._by_run.get((m.stream, m.uid))
             if ids is not None:
                 ids.discard(m.id)
                 if not ids:
                     del self._by_run[(m.stream, m.uid)]
-            self._slot_event.set()
+            self._slots_freed()
+
+    def _slots_freed(self) -> None:
+        self._slot_event.set()
+        if self._parked and not self._unparking:
+            self._unpark_task = asyncio.get_running_loop().create_task(self._unpark())
 
     # -- background duties ------------------------------------------------------------
 
@@ -797,10 +903,13 @@ class Worker:
         by_stream: dict[str, list[bytes]] = {}
         for m, _ in self._inflight.values():
             by_stream.setdefault(m.stream, []).append(m.id)
+        for stream, mid in self._parked:
+            by_stream.setdefault(stream, []).append(mid)
         for stream, ids in by_stream.items():
             lost = await SCRIPTS.call(self.fast, "lease", stream, self.consumer, *ids)
             for mid in lost:
-                item = self._inflight.get(mid)
+                self._parked.pop((stream, mid), None)  # another worker has it now
+                item = self._inflight.get((stream, mid))
                 if item is not None:
                     log.warning(
                         "no lease on %s (%s): acked already or reclaimed by another",
@@ -850,12 +959,12 @@ class Worker:
         except Exception:
             return
         mids = [
-            m
+            (s, m)
             for s in keys.streams(rid.flow, rid.partition)
             for m in self._by_run.get((s, rid.key), ())
         ]
-        for mid in mids:
-            item = self._inflight.get(mid)
+        for key in mids:
+            item = self._inflight.get(key)
             if item is not None:
                 log.info("stopping %s of run %s", item[0].addr, run_id)
                 item[0].cancelled = "stop"

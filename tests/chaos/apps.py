@@ -65,7 +65,9 @@ async def record(ctx: aioflow.Context) -> None:
                 await r.hincrby(EXEC_PREFIX + ctx.run_id, ctx.vertex, 1)
                 await r.hincrby(TOTAL, ctx.vertex, 1)
             return
-        except (*REDIS_ERRORS, RuntimeError):  # RuntimeError: redis-py's cluster, see worker
+        # RuntimeError: redis-py's cluster, see worker; AttributeError/TypeError: a write
+        # on a connection the dead master closed (redis-py issue #4287)
+        except (*REDIS_ERRORS, RuntimeError, AttributeError, TypeError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(backoff)
