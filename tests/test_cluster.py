@@ -101,7 +101,7 @@ async def test_auto_partitions_reach_every_master(cluster_url: str) -> None:
         results = await asyncio.gather(*(s.client.result(i, timeout=20) for i in ids))
         assert results == [f"HELLO, {i}" for i in range(60)]
         info = await s.client.engine.flow_info("hello")
-        assert info.partitions >= 12  # at least 4 per master
+        assert info.partitions >= 3  # one per master at least
         router = s.client.engine.fast
         assert isinstance(router, Router)
         used = {router.addr_for(RunId.parse(i).stream) for i in ids}

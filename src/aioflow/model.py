@@ -431,8 +431,9 @@ class Flow(Dag):
 
     ``partitions`` spreads the flow's runs over that many streams (and Redis
     Cluster slots). ``"auto"`` (the default) is 1 on a single Redis and, on a
-    Redis Cluster, enough partitions (at least 4 per master) that every master
-    holds some; it is settled when a worker or gateway registers the flow.
+    Redis Cluster, the fewest partitions that every master holds some of, none
+    more than twice another's share; it is settled when a worker or gateway
+    registers the flow.
     ``on_failure(error, ctx)`` runs once when a run fails; ``finally_(status,
     ctx)`` once when a run ends, whatever the outcome.
     """
