@@ -35,7 +35,10 @@ async def test_equal_message_ids_on_two_streams_are_two_messages(redis_url: str)
     try:
         async with aioflow.Client(redis_url) as client:
             # caller ids "a" and "d" hash to partitions 1 and 0
-            ids = [await client.submit(flow, 0, run_id="a"), await client.submit(flow, 1, run_id="d")]
+            ids = [
+                await client.submit(flow, 0, run_id="a"),
+                await client.submit(flow, 1, run_id="d"),
+            ]
             streams = [keys.stream("twins", p) for p in range(2)]
             parts = {RunId.parse(i).partition for i in ids}
             assert parts == {0, 1}, "the caller ids must land on both partitions"
