@@ -45,7 +45,8 @@ async def test_equal_message_ids_on_two_streams_are_two_messages(redis_url: str)
             # the same id on both streams, past the newest entry of either
             same = f"{int(time.time() * 1000) + 60_000}-0"
             for s in streams:
-                [(old, fields)] = await redis.xrange(s)
+                entries: Any = await redis.xrange(s)
+                [(old, fields)] = entries
                 await redis.xdel(s, old)
                 await redis.xadd(s, fields, id=same)
             async with running([flow], redis_url, visibility_timeout=0.3) as stack:
