@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def comparison(results: dict[str, run.Suite]) -> str:
     """One line per workload and configuration: the figure, its ratio to the single
     Redis with as many worker processes, and CPU us per vertex (client, worker, Redis
-    in all)."""
+    in all, then each master's share)."""
     lines = []
     for label, suite in results.items():
         base_label = "single, " + label.split(", ")[1]
@@ -94,9 +94,11 @@ def comparison(results: dict[str, run.Suite]) -> str:
             b = next(x for x in base.outcomes if x.spec.key == o.spec.key)
             u = o.usage
             per = " ".join(f"{u[f'{k}_us_per_vertex']:.0f}" for k in ("client", "worker", "redis"))
+            nodes = "/".join(f"{c:.0f}" for c in u.get("redis_us_per_vertex_by_node", ()))
             lines.append(
                 f"{label:<20} {o.spec.key:<4} {run.fmt_value(o.spec.key, o.value):>14} "
                 f"{run.ratio(o.spec.key, o.value, b.value):>6.2f}x of single  us/vertex {per}"
+                f"  (Redis by master {nodes})"
             )
     return "\n".join(lines)
 

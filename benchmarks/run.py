@@ -221,6 +221,7 @@ class Meter:
         self.worker_pids = worker_pids  # each with its descendants (--processes)
         self.slowlog = slowlog
         self.marks: list[tuple[str, Snapshot]] = []
+        self.node_cpu0: list[float] = []
         self.reads0 = 0
 
     async def snapshot(self) -> Snapshot:
@@ -245,6 +246,7 @@ class Meter:
             await self.redis.config_set("slowlog-log-slower-than", 0)
             await self.redis.slowlog_reset()
         self.marks = [("start", await self.snapshot())]
+        self.node_cpu0 = [sum(await n.cpu()) for n in self.nodes]
 
     async def mark(self, phase: str) -> None:
         """End the phase ``phase`` here (the next one starts)."""
@@ -252,6 +254,9 @@ class Meter:
 
     async def stop(self, vertices: int, last_phase: str = "end") -> dict[str, Any]:
         await self.mark(last_phase)
+        node_cpu = [
+            sum(await n.cpu()) - c0 for n, c0 in zip(self.nodes, self.node_cpu0, strict=True)
+        ]
         reads = sum([await n.reads() for n in self.nodes])
         reads -= self.reads0 + sum(n.meter_calls for n in self.nodes)
         merged: dict[str, list[int]] = {}
@@ -283,6 +288,8 @@ class Meter:
             **total,
             "vertices": vertices,
             "redis_us_per_vertex": round(total["redis_cpu_s"] * per_vertex, 2),
+            # each master's share: its CPU over all vertices of the workload
+            "redis_us_per_vertex_by_node": [round(c * per_vertex, 2) for c in node_cpu],
             "worker_us_per_vertex": round(total["worker_cpu_s"] * per_vertex, 2),
             "client_us_per_vertex": round(total["client_cpu_s"] * per_vertex, 2),
             "total_us_per_vertex": round(
