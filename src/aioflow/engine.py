@@ -317,6 +317,7 @@ class Engine:
         self.clock = clock
         self._waiter: Waiter | None = None
         self._flows: dict[str, FlowInfo] = {}
+        self._pinned: dict[str, tuple[dict[str, Any], FlowInfo]] = {}  # newest doc -> info
         self.on_submitted: Callable[[str], None] | None = None  # called per run created
 
     @property
@@ -373,7 +374,12 @@ class Engine:
                 raise UnknownVersion(f"flow {flow!r} has no version {version!r} in the registry")
             return FlowInfo.from_doc(doc)
         doc = await self.pins.newest(flow)
-        return FlowInfo.from_doc(doc) if doc is not None else await self.flow_info(flow)
+        if doc is None:
+            return await self.flow_info(flow)
+        hit = self._pinned.get(flow)
+        if hit is None or hit[0] is not doc:  # the same doc while the pins cache holds it
+            hit = self._pinned[flow] = (doc, FlowInfo.from_doc(doc))
+        return hit[1]
 
     async def new_run_id(
         self, flow: str, run_id: str | None = None, info: FlowInfo | None = None
