@@ -683,7 +683,9 @@ class Worker:
 
     def _launch(self, m: Msg, now: float) -> None:
         self.metrics.started(m, now)
-        task = asyncio.create_task(self._run(m))
+        # the completer applies what the node queues: a flush from this task needed a
+        # shielded task of its own per vertex, and nodes ending together each made one
+        task = asyncio.create_task(self.executor.run(m))
         self._inflight[(m.stream, m.id)] = (m, task)
         self._by_run.setdefault((m.stream, m.uid), set()).add(m.id)
 
@@ -708,13 +710,6 @@ class Worker:
             await self._done_event.wait()
             self._done_event.clear()
             await self._flush()
-
-    async def _run(self, m: Msg) -> None:
-        await self.executor.run(m)
-        if self._done and not self._flushing:
-            # apply it from here rather than wake the completer: one loop hop less;
-            # shielded so that cancelling this task cannot cut a batch in half
-            await asyncio.shield(self._flush())
 
     async def _flush(self) -> None:
         """Apply queued completions in batches until none is left (one flush at a time;
