@@ -25,7 +25,7 @@ while i <= #ARGV do
   i = base + n + 1
   local run = runkey(uid)
   local res = nil
-  local head = redis.call('HMGET', run, 'status', marker, 'v')
+  local head = redis.call('HMGET', run, 'status', marker, 'v', 'a:' .. addr)
   local status, pinned = head[1], head[3]
   if pinned and pinned ~= version and kind ~= 'f' and status and not TERMINAL[status]
       and not head[2] then
@@ -62,19 +62,20 @@ while i <= #ARGV do
         -- t: 'started queued_ms' (queued: the stream entry id's time); a group's close
         -- keeps the times of its open (the field is then set twice, to the same status)
         local tf, tv = 't:' .. addr, now .. ' ' .. string.match(id, '^%d+')
-        if kind == 'c' then tf, tv = 's:' .. addr, 'running' end
-        if kind ~= 'f' and status == 'pending' then
-          redis.call('HSET', run, 'status', 'running', 'started', now, 's:' .. addr, 'running',
-            tf, tv)
-        else  -- running, or the hooks of a finished run (no status change)
-          redis.call('HSET', run, 's:' .. addr, 'running', tf, tv)
-        end
-        -- closing a group ('c') is the second message of one execution, not an attempt
+        -- closing a group ('c') is the second message of one execution, not an attempt:
+        -- it keeps the count (written again, unchanged) and the times of its open
         local attempt
         if kind == 'c' then
-          attempt = tonumber(redis.call('HGET', run, 'a:' .. addr)) or 1
+          tf, tv = 's:' .. addr, 'running'
+          attempt = tonumber(head[4]) or 1
         else
-          attempt = redis.call('HINCRBY', run, 'a:' .. addr, 1)
+          attempt = (tonumber(head[4]) or 0) + 1
+        end
+        if kind ~= 'f' and status == 'pending' then
+          redis.call('HSET', run, 'status', 'running', 'started', now, 's:' .. addr, 'running',
+            tf, tv, 'a:' .. addr, attempt)
+        else  -- running, or the hooks of a finished run (no status change)
+          redis.call('HSET', run, 's:' .. addr, 'running', tf, tv, 'a:' .. addr, attempt)
         end
         res = {'go', attempt}
         if n > 0 then
