@@ -35,12 +35,12 @@ end
 -- every key of the run and wake up whoever waits for it. Callers that read them already
 -- pass the run's status before this step (prior) and its hooks field (false: none),
 -- saving two calls: the parked list can only exist while the run is paused.
-local function finish(run, uid, status, field, value, now, ttl, prior, hooks)
-  if field ~= '' then
-    redis.call('HSET', run, 'status', status, 'ended', now, field, value)
-  else
-    redis.call('HSET', run, 'status', status, 'ended', now)
-  end
+-- extra: more field/value pairs to set in the same HSET (the last vertex's own).
+local function finish(run, uid, status, field, value, now, ttl, prior, hooks, extra)
+  local f = extra or {}
+  f[#f + 1] = 'status'; f[#f + 1] = status; f[#f + 1] = 'ended'; f[#f + 1] = now
+  if field ~= '' then f[#f + 1] = field; f[#f + 1] = value end
+  redis.call('HSET', run, unpack(f))
   redis.call('PEXPIRE', run, ttl)
   if prior == nil or prior == 'paused' then redis.call('DEL', pre .. ':p:' .. uid) end
   if hooks == nil then hooks = redis.call('HEXISTS', run, 'hooks') == 1 end

@@ -28,16 +28,28 @@ local function apply(i)
     return 'dup'
   end
   local status = head[1]
+  -- the vertex's own fields: set below, or by finish() in its HSET when this ends the run
+  local own = nil
   if status then
-    if mode == 'c' and vaddr ~= '' then
-      redis.call('HSET', run, marker, value, 's:' .. vaddr, vstatus, 'e:' .. vaddr, now)
-    elseif mode == 'c' then
-      redis.call('HSET', run, marker, value)
-    elseif vaddr ~= '' then
-      redis.call('HSET', run, 's:' .. vaddr, vstatus, 'e:' .. vaddr, now)
+    own = {}
+    if mode == 'c' then own[1] = marker; own[2] = value end
+    if vaddr ~= '' then
+      own[#own + 1] = 's:' .. vaddr; own[#own + 1] = vstatus
+      own[#own + 1] = 'e:' .. vaddr; own[#own + 1] = now
     end
+    if #own == 0 then own = nil end
   end
   local active = status and ACTIVE[status]
+  local ends = false
+  if active then
+    for j = i + 8, i + 7 + nops * 4, 4 do
+      if ARGV[j] == 'F' or ARGV[j] == 'X' then ends = true end
+    end
+  end
+  if own and not ends then
+    redis.call('HSET', run, unpack(own))
+    own = nil
+  end
   local ended = 'ok'
   for j = i + 8, i + 7 + nops * 4, 4 do
     local op, a, b, c = ARGV[j], ARGV[j+1], ARGV[j+2], ARGV[j+3]
@@ -56,16 +68,17 @@ local function apply(i)
           enqueue(run, uid, status, a, 'c', '')
         end
       elseif op == 'F' then
-        finish(run, uid, 'completed', 'result', value, now, ttl, status, head[3] == '1')
-        active, ended = false, 'completed'
+        finish(run, uid, 'completed', 'result', value, now, ttl, status, head[3] == '1', own)
+        active, ended, own = false, 'completed', nil
       elseif op == 'X' then
-        finish(run, uid, 'failed', 'err', a, now, ttl, status, head[3] == '1')
-        active, ended = false, 'failed'
+        finish(run, uid, 'failed', 'err', a, now, ttl, status, head[3] == '1', own)
+        active, ended, own = false, 'failed', nil
       elseif op == 'D' then
         redis.call('ZADD', pre .. ':z', a, b)
       end
     end
   end
+  if own then redis.call('HSET', run, unpack(own)) end
   if id ~= '' then redis.call('XACK', q, GROUP, id) end
   return ended
 end

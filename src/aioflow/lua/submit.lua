@@ -6,14 +6,16 @@
 local uid, now, input, opts, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local run = runkey(uid)
 if redis.call('EXISTS', run) == 1 then return 0 end
-redis.call('HSET', run, 'status', 'pending', 'created', now, 'input', input, 'opts', opts)
-redis.call('ZADD', pre .. ':i', now, uid)
 local last = 6 + tonumber(ARGV[6])
-if ARGV[last + 1] == '1' then redis.call('HSET', run, 'hooks', '1') end
-if ARGV[last + 2] and ARGV[last + 2] ~= '' then redis.call('HSET', run, 'cbu', ARGV[last + 2]) end
-if ARGV[last + 3] and ARGV[last + 3] ~= '' then redis.call('HSET', run, 'tp', ARGV[last + 3]) end
-if ARGV[last + 4] and ARGV[last + 4] ~= '' then redis.call('HSET', run, 'v', ARGV[last + 4]) end
-if ARGV[last + 5] and ARGV[last + 5] ~= '' then redis.call('HSET', run, 'pr', ARGV[last + 5]) end
+-- one HSET for the run and whichever optional fields it has
+local fields = {'status', 'pending', 'created', now, 'input', input, 'opts', opts}
+if ARGV[last + 1] == '1' then fields[#fields + 1] = 'hooks'; fields[#fields + 1] = '1' end
+for k, name in ipairs({'cbu', 'tp', 'v', 'pr'}) do
+  local v = ARGV[last + 1 + k]
+  if v and v ~= '' then fields[#fields + 1] = name; fields[#fields + 1] = v end
+end
+redis.call('HSET', run, unpack(fields))
+redis.call('ZADD', pre .. ':i', now, uid)
 for j = 7, last do
   if due > 0 then
     redis.call('ZADD', pre .. ':z', due, uid .. '\n' .. ARGV[j] .. '\nn\n' .. j .. '\n' .. input)
