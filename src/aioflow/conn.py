@@ -46,19 +46,23 @@ class _Protocol(asyncio.Protocol):
         self.lost: Exception | None = None
         # kept: asyncio.get_running_loop() costs a getpid() syscall per call
         self.loop = asyncio.get_running_loop()
-        self.out: list[bytes] = []  # commands to send at the end of this loop pass
+        self.out: list[bytes] | None = None  # while a pass batches: what it sends next
 
     def send(self, data: bytes) -> None:
-        """Queue ``data`` for one write with whatever else this pass of the event loop
-        sends: concurrent callers share a syscall (and Redis a read) instead of one
-        each; a lone caller waits one loop pass, about a microsecond."""
-        if not self.out:
-            self.loop.call_soon(self._flush)
-        self.out.append(data)
+        """Write ``data``: the first command of an event-loop pass at once (a lone
+        caller waits for nothing), the ones after it in the same pass together in
+        one write at its end, so concurrent callers share a syscall (and Redis a
+        read) instead of one each."""
+        if self.out is not None:
+            self.out.append(data)
+            return
+        self.out = []
+        self.loop.call_soon(self._flush)
+        self.transport.write(data)
 
     def _flush(self) -> None:
-        out, self.out = self.out, []
-        if self.transport is not None and self.lost is None:
+        out, self.out = self.out, None
+        if out and self.transport is not None and self.lost is None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
