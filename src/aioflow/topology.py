@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -66,8 +67,11 @@ def crc16(data: bytes) -> int:
     return crc
 
 
+@functools.lru_cache(maxsize=16384)
 def key_slot(key: str | bytes) -> int:
-    """The cluster slot of ``key``: of its ``{hash tag}`` when it has a non-empty one."""
+    """The cluster slot of ``key``: of its ``{hash tag}`` when it has a non-empty one
+    (remembered: the per-vertex commands route by a few stream names, and CRC16 in
+    Python costs microseconds a key)."""
     k = key.encode() if isinstance(key, str) else key
     start = k.find(b"{")
     if start >= 0:
