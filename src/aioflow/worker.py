@@ -98,6 +98,7 @@ class Worker:
         self._parked: dict[tuple[str, bytes], Any] = {}
         self._unparking = False
         self._unpark_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop  # the one run() runs in
         self._read_backoff = 0.05
         self._by_priority: dict[str, list[str]] = {}  # priority -> its streams, by prepare()
         self._busy: dict[str, set[str]] = {}  # per master: the priorities it last found work in
@@ -187,6 +188,9 @@ class Worker:
         self._slot_event.set()
 
     async def run(self) -> None:
+        # kept: asyncio.create_task() and asyncio.wait() look the loop up each time,
+        # a getpid() syscall per call in CPython 3.11
+        self._loop = asyncio.get_running_loop()
         stop_metrics = await self._serve_metrics()
         try:
             await self._retrying(self._prepare)
@@ -355,6 +359,7 @@ class Worker:
         if len(groups) == 1:  # a hot slot has no blocking read: one connection is enough
             conns[0] = sweeper
         waits: dict[int, asyncio.Task[int]] = {}
+        woke = asyncio.Event()  # a blocking read ended
         hot = set(range(len(groups)))  # a first sweep finds out
         nstreams = sum(len(g) for g in groups)
         busy = False  # some slot is hot (counted in _busy_readers)
@@ -393,13 +398,17 @@ class Worker:
                 for i, g in enumerate(groups):
                     if i not in hot and i not in waits:
                         conn = conns[i] = conns[i] or self._reader_conn(addr)
-                        waits[i] = asyncio.create_task(self._wait_group(conn, g, count))
+                        t = self._loop.create_task(self._wait_group(conn, g, count))
+                        t.add_done_callback(lambda _: woke.set())
+                        waits[i] = t
                 if hot:
                     continue  # sweep again with what is still free
-                done, _ = await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
+                while not any(t.done() for t in waits.values()):
+                    woke.clear()
+                    await woke.wait()
                 failed = False
                 for i, t in list(waits.items()):
-                    if t in done:
+                    if t.done():
                         del waits[i]
                         n = t.result()
                         failed = failed or n < 0
@@ -685,7 +694,7 @@ class Worker:
         self.metrics.started(m, now)
         # the completer applies what the node queues: a flush from this task needed a
         # shielded task of its own per vertex, and nodes ending together each made one
-        task = asyncio.create_task(self.executor.run(m))
+        task = self._loop.create_task(self.executor.run(m))
         self._inflight[(m.stream, m.id)] = (m, task)
         self._by_run.setdefault((m.stream, m.uid), set()).add(m.id)
 
