@@ -1,11 +1,14 @@
-"""How a worker reads: message ids are unique per stream only, and blocked reads
-hold no concurrency slot while the bound on running nodes still holds."""
+"""How a worker reads: message ids are unique per stream only, blocked reads hold
+no concurrency slot while the bound on running nodes still holds, and a failure
+in the read path does not stop the reading."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Any
+
+import pytest
 
 import aioflow
 from aioflow import keys
@@ -83,3 +86,33 @@ async def test_concurrency_bound_holds_with_more_blocked_reads_than_slots(
         got: list[Any] = [await s.client.result(i, timeout=T) for i in ids]
     assert got == [x + 1 for x in range(60)]
     assert 1 <= peak <= 2
+
+
+async def test_a_failure_in_the_read_path_does_not_stop_reading(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that escapes one read (here: the first claim raises) is logged and the
+    worker reads on; the message it dropped is reclaimed after the visibility timeout."""
+    flow = aioflow.Flow("sturdy")
+
+    @flow.node
+    async def inc(x: int) -> int:
+        return x + 1
+
+    real = aioflow.Worker._start
+    failed = False
+
+    async def start_once_broken(self: aioflow.Worker, *args: Any, **kw: Any) -> Any:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("injected read-path bug")
+        return await real(self, *args, **kw)
+
+    monkeypatch.setattr(aioflow.Worker, "_start", start_once_broken)
+    async with running([flow], redis_url, visibility_timeout=0.3) as s:
+        first = await s.client.submit(flow, 1)
+        await wait_until(lambda: failed, timeout=T, what="the injected failure")
+        assert await s.client.execute(flow, 10, timeout=T) == 11  # still reading
+        assert await s.client.result(first, timeout=T) == 2  # reclaimed
+    assert "reading failed; starting the readers again" in caplog.text

@@ -317,11 +317,18 @@ class Worker:
             ]
             try:
                 await asyncio.gather(*readers)
+            except Exception:
+                # a bug in the read path must not leave a worker that heartbeats and
+                # never reads: say so, then read again (what was read and not started
+                # stays pending, for the reclaim)
+                log.exception("reading failed; starting the readers again")
+                await asyncio.sleep(self._read_backoff)
+                self._read_backoff = min(self._read_backoff * 2, 2.0)
             finally:
                 for r in readers:
                     r.cancel()
                 for r in readers:
-                    with contextlib.suppress(asyncio.CancelledError):
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
                         await r
 
     def _reader_conn(self, addr: Addr) -> Lean | RedisPyLean:
