@@ -368,7 +368,8 @@ class Worker:
         waits: dict[int, asyncio.Task[int]] = {}
         woke = asyncio.Event()  # a blocking read ended
         hot = set(range(len(groups)))  # a first sweep finds out
-        nstreams = sum(len(g) for g in groups)
+        slot_of = {s: i for i, g in enumerate(groups) for s in g}
+        nstreams = len(slot_of)
         busy = False  # some slot is hot (counted in _busy_readers)
         try:
             while not self._stopping.is_set() and self.fast.epoch == epoch:
@@ -385,7 +386,7 @@ class Worker:
                     share = max(1, free // readers)
                 if hot:
                     chosen = [groups[i] for i in sorted(hot)]
-                    swept = await self._sweep(sweeper, addr, chosen, share)
+                    swept = await self._sweep(sweeper, addr, chosen, slot_of, share)
                     if swept is None:
                         await self._refresh()
                         continue
@@ -438,18 +439,21 @@ class Worker:
                 await self._close_conn(c)
 
     async def _sweep(
-        self, conn: Lean | RedisPyLean, addr: Addr, groups: list[list[str]], share: int
+        self,
+        conn: Lean | RedisPyLean,
+        addr: Addr,
+        groups: list[list[str]],
+        slot_of: dict[str, int],
+        share: int,
     ) -> tuple[set[str], set[str]] | None:
-        """Non-blocking reads of ``groups`` (streams by slot) on one master, ``share``
-        slots shared by priority (see :mod:`aioflow.priority`), sent in one write;
-        starts what they bring and answers the streams read and those that had
-        messages (None: the reads failed)."""
+        """Non-blocking reads of ``groups`` (streams by slot, ``slot_of`` saying
+        whose) on one master, ``share`` slots shared by priority (see
+        :mod:`aioflow.priority`), sent in one write; starts what they bring and
+        answers the streams read and those that had messages (None: they failed)."""
         by_priority: dict[str, list[str]] = {}
-        slot_of: dict[str, int] = {}
-        for i, g in enumerate(groups):
+        for g in groups:
             for s in g:
                 by_priority.setdefault(priority.of_stream(s), []).append(s)
-                slot_of[s] = i
         busy = self._busy.setdefault(f"{addr[0]}:{addr[1]}", set())
         plan = priority.plan_reads(share, by_priority, busy, self._prio_tick)
         self._prio_tick += 1
@@ -462,19 +466,7 @@ class Worker:
             for s in r.streams:
                 per_slot.setdefault(slot_of[s], []).append(s)
             for ss in per_slot.values():
-                commands.append(
-                    (
-                        "XREADGROUP",
-                        "GROUP",
-                        keys.GROUP,
-                        self.consumer,
-                        "COUNT",
-                        r.count,
-                        "STREAMS",
-                        *ss,
-                        *[">"] * len(ss),
-                    )
-                )
+                commands.append(self._xread(r.count, ss))
                 prios.append(r.priority)
         self._reserved += share
         try:
@@ -482,7 +474,7 @@ class Worker:
         except REDIS_ERRORS as e:
             self._reserved -= share
             self._slots_freed()
-            log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
+            await self._read_failed(e)
             return None
         failed = False
         got = 0
@@ -515,24 +507,9 @@ class Worker:
         """A blocking read of one slot's streams: how many messages it brought
         (-1: it failed). What exceeds the free slots on arrival is parked."""
         try:
-            resp: Any = await conn.execute(
-                "XREADGROUP",
-                "GROUP",
-                keys.GROUP,
-                self.consumer,
-                "COUNT",
-                count,
-                "BLOCK",
-                1000,
-                "STREAMS",
-                *streams,
-                *[">"] * len(streams),
-            )
-        except ResponseError as e:
+            resp: Any = await conn.execute(*self._xread(count, streams, block_ms=1000))
+        except (ResponseError, *REDIS_ERRORS) as e:
             await self._read_failed(e)
-            return -1
-        except REDIS_ERRORS as e:
-            log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
             return -1
         self._read_backoff = 0.05
         got = 0
@@ -542,6 +519,23 @@ class Worker:
             await self._take(as_text(stream), entries)
         return got
 
+    def _xread(
+        self, count: int, streams: list[str], block_ms: int | None = None
+    ) -> tuple[Any, ...]:
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        return (
+            "XREADGROUP",
+            "GROUP",
+            keys.GROUP,
+            self.consumer,
+            "COUNT",
+            count,
+            *block,
+            "STREAMS",
+            *streams,
+            *[">"] * len(streams),
+        )
+
     async def _take(self, stream: str, entries: list[Any]) -> None:
         """Start what the free slots allow of ``entries``, park the rest."""
         free = max(0, self._free() - self._reserved - len(self._parked))
@@ -550,12 +544,18 @@ class Worker:
             if e is not None:
                 self._parked[(stream, e[0])] = e
         if now:
-            self._reserved += len(now)
-            try:
-                await self._start(stream, now, reclaimed=False)
-            finally:
-                self._reserved -= len(now)
-                self._slots_freed()
+            await self._start_held({stream: now})
+
+    async def _start_held(self, batch: dict[str, list[Any]]) -> None:
+        """Start read messages, by stream, holding their slots until claimed."""
+        n = sum(len(es) for es in batch.values())
+        self._reserved += n
+        try:
+            for stream, es in batch.items():
+                await self._start(stream, es, reclaimed=False)
+        finally:
+            self._reserved -= n
+            self._slots_freed()
 
     async def _unpark(self) -> None:
         """Start parked messages as slots free (run on each release while any wait)."""
@@ -570,20 +570,17 @@ class Worker:
                 batch: dict[str, list[Any]] = {}
                 for key in list(self._parked)[:free]:
                     batch.setdefault(key[0], []).append(self._parked.pop(key))
-                n = sum(len(es) for es in batch.values())
-                self._reserved += n
-                try:
-                    for stream, es in batch.items():
-                        await self._start(stream, es, reclaimed=False)
-                finally:
-                    self._reserved -= n
+                await self._start_held(batch)
         finally:
             self._unparking = False
             self._slot_event.set()
 
     async def _read_failed(self, e: BaseException) -> None:
+        """Say why a read failed, and recreate the groups when they are gone."""
         text = str(e)
-        if text.startswith("NOGROUP"):
+        if not isinstance(e, ResponseError):  # Redis away: the caller backs off
+            log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
+        elif text.startswith("NOGROUP"):
             # the group's creation was lost (a failover before it replicated)
             log.warning("read failed (%s): creating the consumer groups again", e)
             with contextlib.suppress(*REDIS_ERRORS, ResponseError):
