@@ -365,7 +365,7 @@ class Worker:
         conns: list[Lean | RedisPyLean | None] = [None] * len(groups)
         if len(groups) == 1:  # a hot slot has no blocking read: one connection is enough
             conns[0] = sweeper
-        waits: dict[int, asyncio.Task[int]] = {}
+        waits: dict[int, tuple[asyncio.Task[int], int]] = {}  # slot: its read, COUNT
         woke = asyncio.Event()  # a blocking read ended
         hot = set(range(len(groups)))  # a first sweep finds out
         slot_of = {s: i for i, g in enumerate(groups) for s in g}
@@ -401,21 +401,25 @@ class Worker:
                 if busy != bool(hot):
                     busy = bool(hot)
                     self._busy_readers += 1 if busy else -1
-                # cold slots: a blocking read each (unless one is out already)
-                count = max(1, share // nstreams)
+                # cold slots: a blocking read each (unless one is out already). Each
+                # may bring the whole share (a COUNT of share / nstreams made a trickle
+                # over several slots read two at a time, and every "full" read turned
+                # its slot hot for a sweep that found nothing), all of them together
+                # at most twice the share; what exceeds the free slots is parked
                 for i, g in enumerate(groups):
                     if i not in hot and i not in waits:
                         conn = conns[i] = conns[i] or self._reader_conn(addr)
+                        count = max(1, min(share // len(g), 2 * share // nstreams))
                         t = self._loop.create_task(self._wait_group(conn, g, count))
                         t.add_done_callback(lambda _: woke.set())
-                        waits[i] = t
+                        waits[i] = (t, count)
                 if hot:
                     continue  # sweep again with what is still free
-                while not any(t.done() for t in waits.values()):
+                while not any(t.done() for t, _ in waits.values()):
                     woke.clear()
                     await woke.wait()
                 failed = False
-                for i, t in list(waits.items()):
+                for i, (t, count) in list(waits.items()):
                     if t.done():
                         del waits[i]
                         n = t.result()
@@ -429,12 +433,13 @@ class Worker:
                 self._busy_readers -= 1
             # a blocked read ends within its BLOCK: let it land rather than lose what
             # it brings to the visibility timeout (unless the worker is stopping)
-            if waits and not self._stopping.is_set():
-                await asyncio.wait(waits.values(), timeout=2.0)
-            for t in waits.values():
+            tasks = [t for t, _ in waits.values()]
+            if tasks and not self._stopping.is_set():
+                await asyncio.wait(tasks, timeout=2.0)
+            for t in tasks:
                 t.cancel()
             # a cancelled read may be opening its connection: let it end before closing
-            await asyncio.gather(*waits.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             for c in {id(c): c for c in (sweeper, *conns) if c is not None}.values():
                 await self._close_conn(c)
 
