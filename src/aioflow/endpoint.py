@@ -63,10 +63,8 @@ class Endpoint:
             return None
         context = None
         if kind is SSLConnection:
-            # the context redis-py itself would build from the same options
-            options = {k.removeprefix("ssl_"): v for k, v in kw.items() if k.startswith("ssl_")}
             try:
-                context = RedisSSLContext(**options).get()
+                context = ssl_context(kw)
             except TypeError:  # an option this version does not know: let redis-py handle it
                 return None
         return cls(
@@ -75,6 +73,18 @@ class Endpoint:
             ssl=context,
             **common,
         )
+
+
+def ssl_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """The ``ssl_*`` options among redis-py connection keyword arguments."""
+    return {k: v for k, v in kw.items() if k.startswith("ssl_")}
+
+
+def ssl_context(kw: dict[str, Any]) -> SSLContext:
+    """The context redis-py itself would build from the ``ssl_*`` options in ``kw``
+    (raises TypeError for an option this redis-py does not know)."""
+    options = {k.removeprefix("ssl_"): v for k, v in ssl_options(kw).items()}
+    return RedisSSLContext(**options).get()
 
 
 async def open_transport(endpoint: Endpoint, factory: Callable[[], P]) -> tuple[Any, P]:

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from .errors import ConfigError
 from .redis_server import RedisServer, _tail
 
-__all__ = ["ClusterNode", "LocalCluster"]
+__all__ = ["ClusterNode", "ClusterTLS", "LocalCluster"]
 
 SLOTS = 16384
 PORT_RANGE = (20000, 22767)
@@ -40,6 +40,30 @@ _HOST = "127.0.0.1"
 _BUS_OFFSET = 10000
 _POLL = 0.05
 _LAYOUT = "cluster.json"
+
+
+@dataclass(frozen=True)
+class ClusterTLS:
+    """TLS for a :class:`LocalCluster`: every node also listens on a TLS port of its
+    own, speaks TLS on the cluster bus and to its replicas, and answers TLS clients
+    (``CLUSTER SLOTS``) with the TLS ports. ``auth_clients`` demands a client
+    certificate signed by ``ca_file``. The plain ports stay open on loopback."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    auth_clients: bool = True
+
+    def args(self, tls_port: int) -> list[str]:
+        return [
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(Path(self.cert_file).absolute()),
+            "--tls-key-file", str(Path(self.key_file).absolute()),
+            "--tls-ca-cert-file", str(Path(self.ca_file).absolute()),
+            "--tls-cluster", "yes",
+            "--tls-replication", "yes",
+            "--tls-auth-clients", "yes" if self.auth_clients else "no",
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,7 +158,9 @@ class LocalCluster:
     ``appendonly`` turns AOF on for every node; ``node_timeout_ms`` is
     ``cluster-node-timeout`` (a dead master is failed over about two of those
     later); ``full_coverage`` is ``cluster-require-full-coverage`` (see the
-    module); ``binary`` is the ``redis-server`` to run (default: as RedisServer).
+    module); ``binary`` is the ``redis-server`` to run (default: as RedisServer);
+    ``tls`` adds a TLS port to every node (see :class:`ClusterTLS` and
+    :attr:`tls_urls`).
     """
 
     def __init__(
@@ -147,6 +173,7 @@ class LocalCluster:
         node_timeout_ms: int = 1000,
         full_coverage: bool = False,
         binary: str | None = None,
+        tls: ClusterTLS | None = None,
     ) -> None:
         if masters < 1 or replicas < 0 or node_timeout_ms < 100:
             raise ConfigError(
@@ -159,6 +186,8 @@ class LocalCluster:
         self._node_timeout_ms = node_timeout_ms
         self._full_coverage = full_coverage
         self._binary = binary
+        self._tls = tls
+        self._tls_ports: dict[int, int] = {}  # port -> TLS port
         self.nodes: list[RedisServer] = []
         """Every node in formation order: the masters, then their replicas."""
         self._ids: dict[int, str] = {}  # port -> node id
@@ -185,6 +214,14 @@ class LocalCluster:
         """URLs of every node, in formation order."""
         return [f"redis://{_HOST}:{s.port}" for s in self.nodes]
 
+    @property
+    def tls_urls(self) -> list[str]:
+        """``rediss://`` URLs of every node's TLS port, in formation order (add the
+        certificate options a client needs, e.g. ``?ssl_ca_certs=...``)."""
+        if self._tls is None:
+            raise ConfigError("this cluster was started without tls")
+        return [f"rediss://{_HOST}:{self._tls_ports[s.port]}" for s in self.nodes]
+
     def start(self, timeout: float = 30.0) -> None:
         """Start the nodes and form the cluster (or restart the one saved in ``dir``).
 
@@ -198,7 +235,10 @@ class LocalCluster:
         try:
             ports = self._saved_ports()
             if ports:
-                self.nodes = [self._start_node(port, set(), deadline) for port in ports]
+                self.nodes = [
+                    self._start_node(port, set(), deadline, self._tls_ports.get(port))
+                    for port in ports
+                ]
                 self._ids = {s.port: str(_cmd(s.port, "CLUSTER", "MYID")) for s in self.nodes}
                 self._wait(deadline, "the restarted cluster to be ok", self._problem)
                 self._set_node_timeout(self.nodes)
@@ -223,16 +263,33 @@ class LocalCluster:
                 f"{self._dir} holds a cluster of {saved['shape']}, not {self._shape}: "
                 "remove that directory to make a new one"
             )
+        tls_ports = [int(p) for p in saved.get("tls_ports", ())]
+        if bool(tls_ports) != (self._tls is not None):
+            with_tls = "with" if tls_ports else "without"
+            raise ConfigError(
+                f"{self._dir} holds a cluster {with_tls} TLS: remove that directory to "
+                "make a new one"
+            )
+        self._tls_ports = dict(zip(ports, tls_ports, strict=True))
         return ports
 
     def _save_ports(self, formed: bool) -> None:
-        doc = {"shape": self._shape, "ports": [s.port for s in self.nodes], "formed": formed}
+        ports = [s.port for s in self.nodes]
+        doc: dict[str, Any] = {"shape": self._shape, "ports": ports, "formed": formed}
+        if self._tls is not None:
+            doc["tls_ports"] = [self._tls_ports[p] for p in ports]
         (self._dir / _LAYOUT).write_text(json.dumps(doc) + "\n")
 
-    def _start_node(self, port: int | None, taken: set[int], deadline: float) -> RedisServer:
+    def _start_node(
+        self, port: int | None, taken: set[int], deadline: float, tls_port: int | None = None
+    ) -> RedisServer:
         """Start one node; on a fresh port, retry another when someone took it meanwhile."""
         for attempt in range(3):
             chosen = port or _pick_port(taken)
+            tls: list[str] = []
+            if self._tls is not None:  # the bus runs on the TLS port + 10000
+                self._tls_ports[chosen] = tls_port or _pick_port(taken)
+                tls = self._tls.args(self._tls_ports[chosen])
             node_dir = self._dir / f"node-{chosen}"
             if port is None:
                 shutil.rmtree(node_dir, ignore_errors=True)  # leftovers of an unsaved cluster
@@ -252,6 +309,7 @@ class LocalCluster:
                     # a replica's first sync starts at once (Redis 7 waits 5 s by default)
                     "--repl-diskless-sync", "yes",
                     "--repl-diskless-sync-delay", "0",
+                    *tls,
                 ],
             )  # fmt: skip
             try:
@@ -277,7 +335,9 @@ class LocalCluster:
             self._ids[server.port] = str(_cmd(server.port, "CLUSTER", "MYID"))
         for i, server in enumerate(self.nodes):  # every pair meets: no waiting on gossip
             for other in self.nodes[i + 1 :]:
-                _cmd(server.port, "CLUSTER", "MEET", _HOST, other.port)
+                # with TLS the bus is the TLS port's: MEET names that one
+                meet = self._tls_ports.get(other.port, other.port)
+                _cmd(server.port, "CLUSTER", "MEET", _HOST, meet)
         version = str(_cmd(self.nodes[0].port, "INFO", "server")["redis_version"])
         for i, server in enumerate(self.nodes[:masters]):
             low, high = i * SLOTS // masters, (i + 1) * SLOTS // masters - 1

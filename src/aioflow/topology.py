@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,6 +37,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .conn import Lean, NotConnected, RedisPyLean, Subscriber
+from .endpoint import ssl_context, ssl_options
+from .errors import ConfigError
 
 log = logging.getLogger("aioflow.topology")
 
@@ -384,8 +388,21 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
     await router.start()
     if not router.cluster or isinstance(redis, RedisCluster):
         return redis
-    kw = redis.connection_pool.connection_kwargs
+    pool = redis.connection_pool
+    kw = pool.connection_kwargs
     t = router.lean_template()
+    tls: dict[str, Any] = {}
+    if pool.connection_class is SSLConnection:
+        # the same certificates and checks as the seed's connection (a cluster's
+        # nodes answer TLS clients with their TLS ports)
+        given = ssl_options(kw)
+        tls = {"ssl": True, **{k: v for k, v in given.items() if k in _CLUSTER_SSL_OPTIONS}}
+        unknown = sorted(k for k, v in given.items() if v is not None and k not in tls)
+        if unknown:
+            raise ConfigError(
+                f"redis-py's RedisCluster does not take {', '.join(unknown)}: give the "
+                "TLS options it knows (ssl_ca_certs, ssl_certfile, ssl_keyfile, ...)"
+            )
     cluster = RedisCluster(
         host=t.host,
         port=t.port,
@@ -393,9 +410,10 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
         password=kw.get("password"),
         socket_connect_timeout=kw.get("socket_connect_timeout") or 5,
         socket_keepalive=True,
-        max_connections=getattr(redis.connection_pool, "max_connections", 64),
+        max_connections=getattr(pool, "max_connections", 64),
         # through a failover: the node's replica takes over within seconds
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
+        **tls,
     )
     # discover the nodes now: commands racing the discovery fail inside redis-py 8
     # (RuntimeError/AttributeError on connections it closes meanwhile)
@@ -405,6 +423,11 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
 
 Conn = Router | RedisPyLean
 
+# what redis-py's RedisCluster takes of a plain client's TLS options
+_CLUSTER_SSL_OPTIONS = {
+    p for p in inspect.signature(RedisCluster.__init__).parameters if p.startswith("ssl")
+}
+
 
 def lean(redis: RedisClient) -> Conn:
     """The routed lean connection to the server (or cluster) of ``redis``; redis-py
@@ -412,9 +435,14 @@ def lean(redis: RedisClient) -> Conn:
     if isinstance(redis, RedisCluster):
         node = redis.startup_nodes[0]
         kw = redis.connection_kwargs
+        tls = ssl_context(kw) if kw.get("connection_class") is SSLConnection else None
         return Router(
             Lean(
-                node.host, int(node.port), username=kw.get("username"), password=kw.get("password")
+                node.host,
+                int(node.port),
+                username=kw.get("username"),
+                password=kw.get("password"),
+                ssl=tls,
             )
         )
     seed = Lean.from_redis(redis)
