@@ -6,32 +6,37 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .topology import RedisClient
+    from .topology import Conn
 
 from . import codec
 
 
 class RunStore:
-    """A key/value store private to one run; it expires with the run."""
+    """A key/value store private to one run; it expires with the run.
 
-    __slots__ = ("_key", "_redis")
+    It goes over the worker's routed lean connection: on a cluster each call is
+    sent to the run's master and, being idempotent, retried through a failover
+    (for up to the failover timeout) before an error reaches the node."""
 
-    def __init__(self, redis: RedisClient, run_key: str) -> None:
-        self._redis = redis
+    __slots__ = ("_conn", "_key")
+
+    def __init__(self, conn: Conn, run_key: str) -> None:
+        self._conn = conn
         self._key = run_key
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default``."""
-        raw: Any = await self._redis.hget(self._key, f"kv:{key}")
+        raw: Any = await self._conn.execute("HGET", self._key, f"kv:{key}", idempotent=True)
         return default if raw is None else codec.decode(raw)
 
     async def set(self, key: str, value: Any) -> None:
         """Store ``value`` (bytes or anything JSON-serialisable) under ``key``."""
-        await self._redis.hset(self._key, f"kv:{key}", codec.encode(value))
+        value = codec.encode(value)
+        await self._conn.execute("HSET", self._key, f"kv:{key}", value, idempotent=True)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is absent."""
-        await self._redis.hdel(self._key, f"kv:{key}")
+        await self._conn.execute("HDEL", self._key, f"kv:{key}", idempotent=True)
 
 
 class Context:

@@ -188,7 +188,7 @@ class Executor:
             vertex=m.addr,
             attempt=m.attempt,
             options=codec.loads(opts) if opts else {},
-            store=RunStore(self.redis, rid.run),
+            store=RunStore(self.backend.fast, rid.run),
         )
 
     async def _call(self, m: Msg, data: Any) -> Any:
