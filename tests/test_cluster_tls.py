@@ -114,3 +114,20 @@ async def test_a_tls_option_redis_cluster_lacks_is_a_config_error(
     async with aioflow.Client(url) as client:
         with pytest.raises(aioflow.ConfigError, match="ssl_ca_path"):
             await client.submit("tlshello", "x")
+
+
+async def test_a_restarted_tls_cluster_keeps_its_tls_ports(
+    tls_cluster: tuple[LocalCluster, str],
+) -> None:
+    cluster, query = tls_cluster
+    before = cluster.tls_urls
+    cluster.stop()
+    cluster.start()
+    assert cluster.tls_urls == before
+    given = RedisCluster.from_url(before[2] + query)
+    try:
+        await given.set("tls-probe", "1")
+        assert await given.get("tls-probe") == b"1"
+        assert len(given.get_primaries()) == 3
+    finally:
+        await given.aclose()

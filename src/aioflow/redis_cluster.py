@@ -270,7 +270,8 @@ class LocalCluster:
                 f"{self._dir} holds a cluster {with_tls} TLS: remove that directory to "
                 "make a new one"
             )
-        self._tls_ports = dict(zip(ports, tls_ports, strict=True))
+        if tls_ports:
+            self._tls_ports = dict(zip(ports, tls_ports, strict=True))
         return ports
 
     def _save_ports(self, formed: bool) -> None:
