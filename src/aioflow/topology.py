@@ -71,18 +71,29 @@ def crc16(data: bytes) -> int:
     return crc
 
 
-@functools.lru_cache(maxsize=16384)
 def key_slot(key: str | bytes) -> int:
-    """The cluster slot of ``key``: of its ``{hash tag}`` when it has a non-empty one
-    (remembered: the per-vertex commands route by a few stream names, and CRC16 in
-    Python costs microseconds a key)."""
-    k = key.encode() if isinstance(key, str) else key
-    start = k.find(b"{")
+    """The cluster slot of ``key``: of its ``{hash tag}`` when it has a non-empty one.
+    The slot is remembered per tag: every key of a run shares its partition's tag,
+    so the few tags of the flows served stand for millions of keys (CRC16 in Python
+    costs microseconds, and a cache by key missed on every new run)."""
+    if isinstance(key, str):
+        start = key.find("{")
+        if start >= 0:
+            end = key.find("}", start + 1)
+            if end > start + 1:
+                return _slot_of(key[start + 1 : end])
+        return _slot_of(key)
+    start = key.find(b"{")
     if start >= 0:
-        end = k.find(b"}", start + 1)
+        end = key.find(b"}", start + 1)
         if end > start + 1:
-            k = k[start + 1 : end]
-    return crc16(k) % SLOTS
+            key = key[start + 1 : end]
+    return _slot_of(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _slot_of(tag: str | bytes) -> int:
+    return crc16(tag.encode() if isinstance(tag, str) else tag) % SLOTS
 
 
 def command_key(args: tuple[Any, ...]) -> Any:
