@@ -109,7 +109,7 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Procs]:
     """aioflow commands as subprocesses (``procs.aioflow(name, *args, env=...)``), their
-    output in files; all killed at teardown. (Some modules keep a Procs of their own.)"""
+    output in files; all killed at teardown."""
     p = Procs(tmp_path)
     try:
         yield p

@@ -69,6 +69,8 @@ class Procs:
     def kill_all(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGCONT)  # a test may have stopped it
                 p.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)

@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,57 +13,11 @@ import aioflow
 from aioflow import keys
 from aioflow.redis_server import free_port
 from tests.helpers import wait_until
+from tests.procs import Procs, clean_env
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.diamond_app:app"
 RUNS = 1000
 PARALLEL = 50
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-class Procs:
-    """Subprocesses started by a test, with their output in files."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with open(self.log_dir / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "aioflow", *args],
-                cwd=ROOT,
-                env=_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def output(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.kill_all()
 
 
 async def _healthy(session: aiohttp.ClientSession, base: str) -> bool:
@@ -94,20 +41,18 @@ async def _readers(redis: Redis, n: int) -> bool:
 async def test_gateway_and_two_workers(redis_url: str, redis: Redis, procs: Procs) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    gw = procs.start("serve", "serve", APP, "--redis-url", redis_url, "--port", str(port))
-    w1 = procs.start("worker1", "worker", APP, "--redis-url", redis_url)
-    w2 = procs.start("worker2", "worker", APP, "--redis-url", redis_url)
+    env = clean_env()
+    serve = ["serve", APP, "--redis-url", redis_url, "--port", str(port)]
+    gw = procs.aioflow("serve", *serve, env=env)
+    w1 = procs.aioflow("worker1", "worker", APP, "--redis-url", redis_url, env=env)
+    w2 = procs.aioflow("worker2", "worker", APP, "--redis-url", redis_url, env=env)
     stream = keys.stream("diamond", 0)
-
-    def alive() -> None:
-        for name, p in procs.procs.items():
-            assert p.poll() is None, f"{name} exited {p.returncode}:\n{procs.output(name)}"
 
     async with aiohttp.ClientSession() as session:
         await wait_until(lambda: _healthy(session, base), timeout=30, what="gateway /healthz")
         # both workers are reading the stream before the runs arrive
         await wait_until(lambda: _readers(redis, 2), timeout=30, what="2 workers")
-        alive()
+        procs.check_alive()
 
         sem = asyncio.Semaphore(PARALLEL)
 
@@ -151,16 +96,9 @@ async def test_gateway_and_two_workers(redis_url: str, redis: Redis, procs: Proc
         assert pids <= {w1.pid, w2.pid}, "a node ran outside the worker processes"
         assert pids == {w1.pid, w2.pid}, "both workers should have done work"
         assert gw.pid not in pids
-        alive()
+        procs.check_alive()
 
-    for p in (gw, w1, w2):
-        p.send_signal(signal.SIGTERM)
-    for name, p in procs.procs.items():
-        try:
-            code = p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{name} did not exit on SIGTERM:\n{procs.output(name)}") from None
-        assert code == 0, f"{name} exited {code}:\n{procs.output(name)}"
+    procs.terminate(timeout=30)  # SIGTERM to all: each drains and exits 0
     # nothing left pending after the drain
     g = [x for x in await redis.xinfo_groups(stream) if x["name"] == keys.GROUP.encode()]
     assert g and g[0]["pending"] == 0

@@ -4,7 +4,6 @@ run per tick, none twice, none skipped."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,18 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.helpers import wait_until
-from tests.test_multiprocess import Procs, _readers
+from tests.procs import Procs, clean_env
+from tests.test_multiprocess import _readers
 
 APP = "tests.apps.schedule_app:app"
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.kill_all()
 
 
 def ticks(log: Path) -> list[str]:
@@ -38,10 +29,10 @@ async def test_three_workers_one_run_per_tick(
     log.touch()
     monkeypatch.setenv("SCHED_TICK_LOG", str(log))
     for i in range(3):
-        procs.start(f"worker{i}", "worker", APP, "--redis-url", redis_url, "--concurrency", "4")
+        args = ["worker", APP, "--redis-url", redis_url, "--concurrency", "4"]
+        procs.aioflow(f"worker{i}", *args, env=clean_env())
     await wait_until(lambda: _readers(redis, 3), timeout=30, what="3 workers reading")
-    for name, p in procs.procs.items():
-        assert p.poll() is None, f"{name} exited:\n{procs.output(name)}"
+    procs.check_alive()
     # with all three ticking, several more seconds
     seen = len(ticks(log))
     await wait_until(lambda: len(ticks(log)) >= seen + 4, timeout=15, what="4 more ticks")

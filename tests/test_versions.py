@@ -3,13 +3,8 @@ deploy with real ``aioflow worker`` processes serving two versions of one flow."
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,8 +20,8 @@ from aioflow.gateway import create_app
 from tests.apps import shop_v1, shop_v2
 from tests.engine_helpers import running
 from tests.helpers import wait_until
+from tests.procs import Procs, clean_env
 
-ROOT = Path(__file__).resolve().parent.parent
 V1 = versions.version_of(shop_v1.shop)
 V2 = versions.version_of(shop_v2.shop)
 STREAM = keys.stream("shop", 0)
@@ -213,47 +208,10 @@ async def test_gateway_lists_versions(redis_url: str, redis: Redis) -> None:
 # -- real worker processes ------------------------------------------------------------
 
 
-class Procs:
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def worker(self, name: str, app: str, url: str, **env: str) -> subprocess.Popen[bytes]:
-        e = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
-        e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-        e.update({f"AIOFLOW_{k.upper()}": v for k, v in env.items()})
-        with open(self.log_dir / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "aioflow", "worker", app, "--redis-url", url],
-                cwd=ROOT,
-                env=e,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def output(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.kill_all()
+def _worker(procs: Procs, name: str, app: str, url: str, **env: str) -> subprocess.Popen[bytes]:
+    """An ``aioflow worker`` process; ``env`` as settings (``AIOFLOW_<NAME>``)."""
+    settings = {f"AIOFLOW_{k.upper()}": v for k, v in env.items()}
+    return procs.aioflow(name, "worker", app, "--redis-url", url, env=clean_env(settings))
 
 
 async def _served_by(redis: Redis, version: str, proc: subprocess.Popen[bytes]) -> bool:
@@ -278,13 +236,13 @@ async def test_two_versions_side_by_side(
     redis_url: str, redis: Redis, procs: Procs, capsys: pytest.CaptureFixture[str]
 ) -> None:
     opts = {"visibility_timeout": "1", "version_wait": "30"}
-    w1 = procs.worker("w1", "tests.apps.shop_v1:app", redis_url, **opts)
+    w1 = _worker(procs, "w1", "tests.apps.shop_v1:app", redis_url, **opts)
     await wait_until(lambda: _served_by(redis, V1, w1), timeout=30, what="v1 worker")
     async with aioflow.Client(redis_url) as client:
         before = await client.submit("shop", {})
         assert (await client.state(before)).version == V1
 
-    w2 = procs.worker("w2", "tests.apps.shop_v2:app", redis_url, **opts)
+    w2 = _worker(procs, "w2", "tests.apps.shop_v2:app", redis_url, **opts)
     await wait_until(lambda: _served_by(redis, V2, w2), timeout=30, what="v2 worker")
     async with aioflow.Client(redis_url) as client:
         # submitting by name after the deploy pins the new version
@@ -333,7 +291,7 @@ async def test_two_versions_side_by_side(
         await wait_until(lambda: _running(client, rid), timeout=20, what="start running on v1")
         w1.kill()
         w1.wait()
-        w3 = procs.worker("w3", "tests.apps.shop_v1:app", redis_url, **opts)
+        w3 = _worker(procs, "w3", "tests.apps.shop_v1:app", redis_url, **opts)
         _check(await client.result(rid, timeout=30), 1, w3.pid)
         st = await client.state(rid)
         assert st.status is aioflow.Status.COMPLETED and st.version == V1
@@ -358,8 +316,8 @@ async def _running(client: aioflow.Client, rid: str) -> bool:
 @pytest.mark.slow
 async def test_last_worker_of_a_version_killed(redis_url: str, redis: Redis, procs: Procs) -> None:
     opts = {"visibility_timeout": "1", "version_wait": "2", "version_retention": "3"}
-    w1 = procs.worker("w1", "tests.apps.shop_v1:app", redis_url, **opts)
-    w2 = procs.worker("w2", "tests.apps.shop_v2:app", redis_url, **opts)
+    w1 = _worker(procs, "w1", "tests.apps.shop_v1:app", redis_url, **opts)
+    w2 = _worker(procs, "w2", "tests.apps.shop_v2:app", redis_url, **opts)
     await wait_until(lambda: _served_by(redis, V1, w1), timeout=30, what="v1 worker")
     await wait_until(lambda: _served_by(redis, V2, w2), timeout=30, what="v2 worker")
     async with aioflow.Client(redis_url) as client:
