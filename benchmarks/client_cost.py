@@ -8,8 +8,10 @@ redis-server, or a local cluster with ``--masters N``):
 - ``result``: a worker process (``aioflow worker``) completes those runs, is
   stopped, and then N ``client.result`` calls of finished runs are gathered.
 
-It prints the client's CPU µs per call (``time.process_time``) and, for
-reference, the CPU of a bare ``PING`` round trip on the same lean connection.
+It prints the client's CPU µs per call (``time.process_time``) and Redis's
+(``INFO cpu`` of every master, summed), and, for reference, the same for a
+bare ``PING`` round trip on the same lean connection: the floor of any call
+that waits for its reply.
 ``--profile`` adds a cProfile listing of each phase (cProfile roughly doubles
 the figures).
 
@@ -42,12 +44,26 @@ import bench_app  # noqa: E402
 import aioflow  # noqa: E402
 from aioflow.redis_cluster import LocalCluster  # noqa: E402
 from aioflow.redis_server import RedisServer  # noqa: E402
+from aioflow.topology import as_text  # noqa: E402
 
 FLOW = "bench-single"
 
 
-async def _timed(label: str, n: int, profile: bool, fn: Callable[[], Awaitable[Any]]) -> None:
+async def _redis_cpu(fast: Any) -> float:
+    """CPU seconds (user + system) every master has used so far."""
+    total = 0.0
+    for addr in fast.masters:
+        text = await fast.execute_on(addr, "INFO", "cpu")
+        info = dict(line.split(":", 1) for line in as_text(text).splitlines() if ":" in line)
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
+
+
+async def _timed(
+    label: str, n: int, profile: bool, fast: Any, fn: Callable[[], Awaitable[Any]]
+) -> None:
     prof = cProfile.Profile() if profile else None
+    r0 = await _redis_cpu(fast)
     t0 = time.process_time()
     if prof is not None:
         prof.enable()
@@ -55,7 +71,12 @@ async def _timed(label: str, n: int, profile: bool, fn: Callable[[], Awaitable[A
     if prof is not None:
         prof.disable()
     cpu = time.process_time() - t0
-    print(f"{label:<8} {1e6 * cpu / n:7.1f} us of client CPU per call ({n:,} calls)", flush=True)
+    rcpu = await _redis_cpu(fast) - r0
+    print(
+        f"{label:<8} {1e6 * cpu / n:7.1f} us of client CPU, {1e6 * rcpu / n:7.1f} us of Redis "
+        f"CPU per call ({n:,} calls)",
+        flush=True,
+    )
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
@@ -73,8 +94,8 @@ async def measure(url: str, n: int, profile: bool) -> None:
         async def submits() -> None:
             ids.extend([await client.submit(FLOW, i) for i in range(n)])
 
-        await _timed("ping", n, False, pings)
-        await _timed("submit", n, profile, submits)
+        await _timed("ping", n, False, fast, pings)
+        await _timed("submit", n, profile, fast, submits)
         worker = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "aioflow", "worker", f"{HERE / 'bench_app.py'}:app"],
             *["--redis-url", url],
@@ -98,7 +119,7 @@ async def measure(url: str, n: int, profile: bool) -> None:
         async def results() -> None:
             await asyncio.gather(*(client.result(rid, timeout=60) for rid in last))
 
-        await _timed("result", n, profile, results)
+        await _timed("result", n, profile, fast, results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
