@@ -9,9 +9,9 @@ redis-server, or a local cluster with ``--masters N``):
   stopped, and then N ``client.result`` calls of finished runs are gathered.
 
 It prints the client's CPU µs per call (``time.process_time``) and Redis's
-(``INFO cpu`` of every master, summed), and, for reference, the same for a
-bare ``PING`` round trip on the same lean connection: the floor of any call
-that waits for its reply.
+(every master's, metered as ``run.py`` does: ``/proc``, else ``INFO cpu``),
+and, for reference, the same for a bare ``PING`` round trip on the same lean
+connection: the floor of any call that waits for its reply.
 ``--profile`` adds a cProfile listing of each phase (cProfile roughly doubles
 the figures).
 
@@ -40,30 +40,25 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_app  # noqa: E402
+import run  # noqa: E402
 
 import aioflow  # noqa: E402
 from aioflow.redis_cluster import LocalCluster  # noqa: E402
 from aioflow.redis_server import RedisServer  # noqa: E402
-from aioflow.topology import as_text  # noqa: E402
 
 FLOW = "bench-single"
 
 
-async def _redis_cpu(fast: Any) -> float:
+async def _redis_cpu(nodes: Sequence[run.Node]) -> float:
     """CPU seconds (user + system) every master has used so far."""
-    total = 0.0
-    for addr in fast.masters:
-        text = await fast.execute_on(addr, "INFO", "cpu")
-        info = dict(line.split(":", 1) for line in as_text(text).splitlines() if ":" in line)
-        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return total
+    return sum([sum(await n.cpu()) for n in nodes])
 
 
 async def _timed(
-    label: str, n: int, profile: bool, fast: Any, fn: Callable[[], Awaitable[Any]]
+    label: str, n: int, profile: bool, nodes: Sequence[run.Node], fn: Callable[[], Awaitable[Any]]
 ) -> None:
     prof = cProfile.Profile() if profile else None
-    r0 = await _redis_cpu(fast)
+    r0 = await _redis_cpu(nodes)
     t0 = time.process_time()
     if prof is not None:
         prof.enable()
@@ -71,7 +66,7 @@ async def _timed(
     if prof is not None:
         prof.disable()
     cpu = time.process_time() - t0
-    rcpu = await _redis_cpu(fast) - r0
+    rcpu = await _redis_cpu(nodes) - r0
     print(
         f"{label:<8} {1e6 * cpu / n:7.1f} us of client CPU, {1e6 * rcpu / n:7.1f} us of Redis "
         f"CPU per call ({n:,} calls)",
@@ -86,6 +81,7 @@ async def measure(url: str, n: int, profile: bool) -> None:
     async with aioflow.Client(url) as client:
         ids = [await client.submit(flow, i) for i in range(200)]  # registers, warms up
         fast = client.engine.fast
+        nodes = [await run.Node.open(f"redis://{h}:{p}/0") for h, p in fast.masters]
 
         async def pings() -> None:
             for _ in range(n):
@@ -94,8 +90,8 @@ async def measure(url: str, n: int, profile: bool) -> None:
         async def submits() -> None:
             ids.extend([await client.submit(FLOW, i) for i in range(n)])
 
-        await _timed("ping", n, False, fast, pings)
-        await _timed("submit", n, profile, fast, submits)
+        await _timed("ping", n, False, nodes, pings)
+        await _timed("submit", n, profile, nodes, submits)
         worker = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "aioflow", "worker", f"{HERE / 'bench_app.py'}:app"],
             *["--redis-url", url],
@@ -119,7 +115,9 @@ async def measure(url: str, n: int, profile: bool) -> None:
         async def results() -> None:
             await asyncio.gather(*(client.result(rid, timeout=60) for rid in last))
 
-        await _timed("result", n, profile, fast, results)
+        await _timed("result", n, profile, nodes, results)
+        for node in nodes:
+            await node.redis.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
