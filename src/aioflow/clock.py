@@ -43,7 +43,8 @@ async def wait(
             await asyncio.sleep(timeout)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         return
     if seconds is not None and seconds <= 0:
         await asyncio.sleep(0)

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from .aio import cancel_and_wait
 from .endpoint import Endpoint, open_transport
 
 
@@ -363,7 +364,7 @@ class Subscriber:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            await cancel_and_wait([self._task])
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._proto is not None and self._proto.transport is not None:

@@ -104,6 +104,7 @@ async def open_transport(endpoint: Endpoint, factory: Callable[[], P]) -> tuple[
             )
         else:
             coro = loop.create_connection(factory, endpoint.host, endpoint.port)
-        return await asyncio.wait_for(coro, endpoint.connect_timeout)
+        async with asyncio.timeout(endpoint.connect_timeout):
+            return await coro
     except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
         raise RedisConnectionError(f"cannot connect to Redis at {endpoint}: {e}") from e

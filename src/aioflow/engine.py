@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import bulk, codec, keys, tracing, versions
+from .aio import cancel_and_wait
 from .errors import (
     AioflowError,
     InvalidCallbackUrl,
@@ -177,7 +178,7 @@ class Waiter:
         if self._sub is not None:
             await self._sub.aclose()
         if self._task is not None:
-            self._task.cancel()
+            await cancel_and_wait([self._task])
             with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
                 await self._task
         if self._ps is not None:
@@ -202,7 +203,8 @@ class Waiter:
                 raise
         if not fut.done():
             try:
-                await asyncio.wait_for(asyncio.shield(fut), 10.0)
+                async with asyncio.timeout(10.0):
+                    await asyncio.shield(fut)
             except TimeoutError:
                 raise RedisUnavailable("Redis did not confirm the subscription in 10 s") from None
 
@@ -524,7 +526,8 @@ class Engine:
         self, rid: RunId, fut: asyncio.Future[Outcome], timeout: float | None
     ) -> Outcome | None:
         try:
-            outcome = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                outcome = await fut
         except TimeoutError:
             return None
         if outcome.status is Status.COMPLETED and not outcome.payload:

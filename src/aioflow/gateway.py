@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from . import codec, openapi, schedule, tracing, versions
+from .aio import cancel_and_wait
 from .engine import REDIS_ERRORS, Engine, register
 from .errors import (
     AioflowError,
@@ -431,8 +432,7 @@ def create_app(
             )
 
     async def on_cleanup(_: web.Application) -> None:
-        for t in registering:
-            t.cancel()
+        await cancel_and_wait(registering)
         await asyncio.gather(*registering, return_exceptions=True)
         await engine.close()
 

@@ -118,7 +118,8 @@ class Supervisor:
             )
             self.exit_codes[slot] = None  # a replacement comes: this death is handled
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
 
     async def run(self) -> int:
         """Until a signal and every process has drained; 0 when each exited 0."""

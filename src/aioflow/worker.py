@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import codec, keys, metrics, priority, tracing
+from .aio import cancel_and_wait
 from .clock import wait as clock_wait
 from .conn import Lean, RedisPyLean
 from .engine import REDIS_ERRORS, partitions_of, register
@@ -217,8 +218,7 @@ class Worker:
             await self._stopping.wait()
             await self._drain()
         finally:
-            for t in tasks:
-                t.cancel()
+            await cancel_and_wait(tasks)
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
                     await t
@@ -244,13 +244,14 @@ class Worker:
         while self._inflight and time.monotonic() < deadline:
             self._slot_event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_event.wait(), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await self._slot_event.wait()
         left = list(self._inflight.values())
         if left:
             log.warning("grace period over: handing back %d running vertices", len(left))
-        for m, task in left:
+        for m, _ in left:
             m.cancelled = "drain"
-            task.cancel()
+        await cancel_and_wait(task for _, task in left)
         for _, task in left:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -325,8 +326,7 @@ class Worker:
                 await asyncio.sleep(self._read_backoff)
                 self._read_backoff = min(self._read_backoff * 2, 2.0)
             finally:
-                for r in readers:
-                    r.cancel()
+                await cancel_and_wait(readers)
                 for r in readers:
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await r
@@ -436,9 +436,8 @@ class Worker:
             tasks = [t for t, _ in waits.values()]
             if tasks and not self._stopping.is_set():
                 await asyncio.wait(tasks, timeout=2.0)
-            for t in tasks:
-                t.cancel()
             # a cancelled read may be opening its connection: let it end before closing
+            await cancel_and_wait(tasks)
             await asyncio.gather(*tasks, return_exceptions=True)
             for c in {id(c): c for c in (sweeper, *conns) if c is not None}.values():
                 await self._close_conn(c)
