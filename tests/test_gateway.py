@@ -156,6 +156,21 @@ async def test_failing_run_with_wait(any_redis_url: str) -> None:
         assert "breaks" in doc["detail"]
 
 
+async def test_a_wait_that_is_not_a_number_is_refused(redis_url: str) -> None:
+    """A NaN wait would never end (its timer never fires): it is refused like any
+    non-number, and no run starts; an infinite one is capped like a large one."""
+    async with gateway(make_flows(), redis_url) as (http, stack):
+        for bad in ("nan", "NaN", "-nan", "soon"):
+            resp = await http.post(f"/flow/diamond?wait={bad}", json={"n": 1})
+            body = await assert_json_error(resp, 400)
+            assert "wait must be a number" in body["detail"], body
+        runs, _ = await stack.client.runs("diamond")
+        assert runs == []
+        async with asyncio.timeout(T):
+            resp = await http.post("/flow/diamond?wait=inf", json={"n": 2})
+            assert resp.status == 200 and await _json_body(resp) == {"total": 330}
+
+
 async def test_wait_ending_before_the_run_answers_202(redis_url: str) -> None:
     slow = aioflow.Flow("slow")
     release = asyncio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from importlib import resources
 from typing import Any
 
@@ -143,11 +144,14 @@ async def start_run(request: web.Request) -> web.Response:
     wait: float | None = None
     if wait_raw is not None:
         try:
-            wait = min(max(float(wait_raw), 0.0), MAX_WAIT)
+            wait = float(wait_raw)
+            if math.isnan(wait):  # would wait forever: a NaN timer never fires
+                raise ValueError(wait_raw)
         except ValueError:
             raise web.HTTPBadRequest(
                 text=f"wait must be a number of seconds, got {wait_raw!r}"
             ) from None
+        wait = min(max(wait, 0.0), MAX_WAIT)
     run_key = request.headers.get("X-Run-Id")
     callback = request.headers.get("X-Callback-Url")
     if callback is not None:
