@@ -307,8 +307,11 @@ class Engine:
         submit_replicas_timeout: float = 1.0,
         max_value: int | None = None,
         version_wait: float = 60.0,
+        backend: Backend | None = None,
     ) -> None:
-        self.backend = Backend(redis)
+        # a backend given is shared (a worker's, say) and stays open on close()
+        self._owns_backend = backend is None
+        self.backend = backend or Backend(redis)
         self.submit_replicas = submit_replicas
         self.submit_replicas_timeout = submit_replicas_timeout
         self.max_value = max_value
@@ -340,7 +343,8 @@ class Engine:
     async def close(self) -> None:
         if self._waiter is not None:
             await self._waiter.close()
-        await self.backend.aclose()
+        if self._owns_backend:
+            await self.backend.aclose()
         if self.tracing:
             await tracing.flush()
 

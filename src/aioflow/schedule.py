@@ -261,6 +261,7 @@ class Scheduler:
         await self._engine.redis.zadd(keys.schedules(info.name), {s.name: due[-1]}, gt=True)
 
 
-async def ticking(redis: RedisClient, flows: Iterable[str], clock: Callable[[], float]) -> None:
-    """Tick the schedules of ``flows`` until cancelled (what workers and the gateway run)."""
-    await Scheduler(redis, flows, clock).run()
+async def ticking(engine: Engine, flows: Iterable[str]) -> None:
+    """Tick the schedules of ``flows`` until cancelled, submitting through ``engine``
+    (a worker's, on its own connections: no second cluster client or discovery)."""
+    await Scheduler(engine.backend.given, flows, engine.clock, engine=engine).run()

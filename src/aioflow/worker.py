@@ -27,7 +27,7 @@ from . import codec, keys, metrics, priority, tracing
 from .aio import cancel_and_wait
 from .clock import wait as clock_wait
 from .conn import Lean, RedisPyLean
-from .engine import REDIS_ERRORS, partitions_of, register
+from .engine import REDIS_ERRORS, Engine, partitions_of, register
 from .errors import ConfigError
 from .keys import RunId
 from .limits import Limits
@@ -212,7 +212,7 @@ class Worker:
             asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
             asyncio.create_task(self._delayed_loop(), name="aioflow-delayed"),
             asyncio.create_task(self._control_loop(), name="aioflow-control"),
-            asyncio.create_task(ticking(self.backend.given, self.flows, self.clock)),
+            asyncio.create_task(ticking(self._scheduling_engine(), self.flows)),
         ]
         try:
             await self._stopping.wait()
@@ -230,6 +230,19 @@ class Worker:
             await self.executor.aclose()
             await stop_metrics()
             await tracing.flush()
+
+    def _scheduling_engine(self) -> Engine:
+        s = self.settings
+        return Engine(
+            self.backend.given,
+            backend=self.backend,
+            clock=self.clock,
+            result_ttl=s.result_ttl,
+            submit_replicas=s.submit_replicas,
+            submit_replicas_timeout=s.submit_replicas_timeout,
+            max_value=s.max_value,
+            version_wait=s.version_wait,
+        )
 
     async def _serve_metrics(self) -> Callable[[], Awaitable[None]]:
         """Serve /metrics on ``metrics_port`` (when set); answers what stops it."""
