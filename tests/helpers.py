@@ -7,18 +7,22 @@ condition with a deadline (:func:`wait_until`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import RedisServer
 
-__all__ = ["ClusterFactory", "RedisFactory", "run_aioflow", "wait_until"]
+__all__ = ["ClusterFactory", "RedisFactory", "run_aioflow", "sync_cluster", "wait_until"]
 
 
 async def wait_until(
@@ -44,6 +48,24 @@ async def wait_until(
         if loop.time() >= deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+
+
+@contextlib.contextmanager
+def sync_cluster(url: str) -> Iterator[Any]:  # redis-py types it in part
+    """redis-py's sync ``RedisCluster`` on ``url``, closed with every node's pool.
+
+    Its own ``close()`` leaves the sockets of keyless commands (CLUSTER INFO,
+    CONFIG GET, CLUSTER KEYSLOT, ...) to the garbage collector, and so a
+    ResourceWarning to whichever later test happens to collect them.
+    """
+    client: Any = SyncRedisCluster.from_url(url)
+    try:
+        yield client
+    finally:
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+        client.close()
 
 
 class RedisFactory:

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from redis.cluster import RedisCluster
 
 from aioflow.cli import _own_redis
 from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import free_port
-from tests.helpers import run_aioflow, wait_until
+from tests.helpers import run_aioflow, sync_cluster, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +145,7 @@ def test_own_redis_cluster_starts_and_writes_its_url(tmp_path: Path, data_dir: P
         url = (data_dir / "redis.url").read_text().strip()
         assert url == own.url
         assert len(_redis_pids(data_dir)) == 3
-        with RedisCluster.from_url(url) as client:
+        with sync_cluster(url) as client:
             assert client.cluster_info()["cluster_state"] == "ok"
             assert len(client.get_primaries()) == 3 and not client.get_replicas()
             assert client.config_get("appendonly") == {"appendonly": "yes"}

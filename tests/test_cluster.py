@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from redis.cluster import RedisCluster as SyncRedisCluster
 
 import aioflow
 from aioflow import keys
@@ -23,7 +22,7 @@ from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import free_port
 from aioflow.topology import Router, command_key, crc16, key_slot, lean
 from tests.engine_helpers import running
-from tests.helpers import run_aioflow, wait_until
+from tests.helpers import run_aioflow, sync_cluster, wait_until
 from tests.procs import Procs, clean_env
 
 
@@ -55,13 +54,10 @@ def test_command_key_finds_the_routing_key() -> None:
 
 
 def test_key_slot_agrees_with_the_server(redis_cluster: LocalCluster) -> None:
-    r = SyncRedisCluster.from_url(redis_cluster.url)
     keys = ["af:{hello:0}:q", "af:{hello:1}:r:x", "plain", os.urandom(8).hex()]
-    try:
+    with sync_cluster(redis_cluster.url) as r:
         for key in keys:
             assert key_slot(key) == r.cluster_keyslot(key)
-    finally:
-        r.close()
 
 
 async def test_router_finds_the_cluster_from_any_node(redis_cluster: LocalCluster) -> None:
@@ -131,12 +127,9 @@ async def test_registry_heartbeats_and_listing_on_a_cluster(cluster_url: str) ->
     flow = _hello()
     async with running([flow], cluster_url, visibility_timeout=0.3) as s:
         await s.client.execute(flow, "a", timeout=20)
-        r = SyncRedisCluster.from_url(cluster_url)
-        try:
+        with sync_cluster(cluster_url) as r:
             assert r.hget("af:flows", "hello") is not None
             await wait_until(lambda: bool(r.hgetall("af:workers")), what="a heartbeat")
-        finally:
-            r.close()
 
 
 @pytest.mark.slow
@@ -154,11 +147,8 @@ async def test_gateway_and_two_worker_processes_on_a_cluster(
     procs.aioflow("serve", "serve", app, "--redis-url", urls[0], "--port", str(port), env=env)
     w1 = procs.aioflow("worker1", "worker", app, "--redis-url", urls[1], env=env)
     w2 = procs.aioflow("worker2", "worker", app, "--redis-url", urls[2], env=env)
-    r = SyncRedisCluster.from_url(urls[0])
-    try:
+    with sync_cluster(urls[0]) as r:
         await wait_until(lambda: len(r.hgetall("af:workers")) >= 2, timeout=30, what="2 workers")
-    finally:
-        r.close()
     async with aiohttp.ClientSession() as session:
         sem = asyncio.Semaphore(20)
 

