@@ -322,6 +322,27 @@ async def test_timeout_exhausted_fails_with_node_timeout(any_redis_url: str) -> 
         assert st.vertices["work"].status == "failed" and "never" not in st.vertices
 
 
+async def test_a_node_that_lets_its_timeout_go_by_still_times_out(redis_url: str) -> None:
+    """The cancel of a timeout can be lost (on Python 3.11, inside asyncio.wait_for,
+    which redis-py's commands use) or swallowed by the node: a node that returns
+    after its timeout has timed out all the same, and its late result is not kept."""
+    flow = aioflow.Flow("latecomer")
+
+    @flow.node(timeout=0.2)
+    async def work(x: int) -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        return x
+
+    async with running([flow], redis_url) as s:
+        with pytest.raises(aioflow.RunFailed) as info:
+            await s.client.execute("latecomer", 1, timeout=T)
+        assert info.value.error_type == "NodeTimeout"
+        assert (await s.client.state(info.value.run_id)).vertices["work"].status == "failed"
+
+
 async def test_timeout_error_raised_by_the_node_itself_is_not_a_node_timeout(
     redis_url: str,
 ) -> None:
