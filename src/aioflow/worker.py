@@ -264,7 +264,8 @@ class Worker:
             log.warning("grace period over: handing back %d running vertices", len(left))
         for m, _ in left:
             m.cancelled = "drain"
-        await cancel_and_wait(task for _, task in left)
+        # a node gets a second between cancels to run its own cleanup (finally blocks)
+        await cancel_and_wait((task for _, task in left), every=1.0)
         for _, task in left:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
