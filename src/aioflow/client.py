@@ -81,14 +81,11 @@ class Client:
             self._owned = True
         self._redis = redis
         env = Settings.from_env()
-        self._engine = Engine(
+        self._engine = Engine.from_settings(
             redis,
+            env,
             result_ttl=result_ttl or env.result_ttl,
             tracing=tracing.configure(env.tracing, role="client"),
-            submit_replicas=env.submit_replicas,
-            submit_replicas_timeout=env.submit_replicas_timeout,
-            max_value=env.max_value,
-            version_wait=env.version_wait,
         )
 
     @property

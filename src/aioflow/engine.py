@@ -49,6 +49,7 @@ from .priority import SUFFIX
 from .priority import check as check_priority
 from .rerun import rerun
 from .scripts import SCRIPTS
+from .settings import Settings
 from .status import RunState, Status, parse_state
 from .topology import Backend, Conn, RedisClient, Router, Subscriptions
 from .tracing import run_span
@@ -324,6 +325,20 @@ class Engine:
         self._flows: dict[str, FlowInfo] = {}
         self._pinned: dict[str, tuple[dict[str, Any], FlowInfo]] = {}  # newest doc -> info
         self.on_submitted: Callable[[str], None] | None = None  # called per run created
+
+    @classmethod
+    def from_settings(cls, redis: RedisClient, settings: Settings, **kw: Any) -> Engine:
+        """An engine that submits as ``settings`` say (result TTL, value limit, replica
+        acknowledgement, version wait); ``kw`` adds or overrides (clock, tracing,
+        backend)."""
+        opts: dict[str, Any] = {
+            "result_ttl": settings.result_ttl,
+            "submit_replicas": settings.submit_replicas,
+            "submit_replicas_timeout": settings.submit_replicas_timeout,
+            "max_value": settings.max_value,
+            "version_wait": settings.version_wait,
+        }
+        return cls(redis, **{**opts, **kw})
 
     @property
     def redis(self) -> RedisClient:

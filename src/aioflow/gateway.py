@@ -391,14 +391,8 @@ def create_app(
     (definitions become visible to clients); ``redis`` is not closed by the app."""
     settings = settings or Settings()
     app = web.Application(client_max_size=settings.max_body, middlewares=[errors, authorize])
-    engine = Engine(
-        redis,
-        result_ttl=settings.result_ttl,
-        tracing=tracing.configure(settings.tracing, role="gateway"),
-        submit_replicas=settings.submit_replicas,
-        submit_replicas_timeout=settings.submit_replicas_timeout,
-        max_value=settings.max_value,
-        version_wait=settings.version_wait,
+    engine = Engine.from_settings(
+        redis, settings, tracing=tracing.configure(settings.tracing, role="gateway")
     )
     gauges = app[METRICS] = GatewayMetrics()
     engine.on_submitted = gauges.on_submitted

@@ -232,16 +232,9 @@ class Worker:
             await tracing.flush()
 
     def _scheduling_engine(self) -> Engine:
-        s = self.settings
-        return Engine(
-            self.backend.given,
-            backend=self.backend,
-            clock=self.clock,
-            result_ttl=s.result_ttl,
-            submit_replicas=s.submit_replicas,
-            submit_replicas_timeout=s.submit_replicas_timeout,
-            max_value=s.max_value,
-            version_wait=s.version_wait,
+        # the worker's own connections: no second cluster client or discovery
+        return Engine.from_settings(
+            self.backend.given, self.settings, backend=self.backend, clock=self.clock
         )
 
     async def _serve_metrics(self) -> Callable[[], Awaitable[None]]:
