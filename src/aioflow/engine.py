@@ -544,11 +544,14 @@ class Engine:
     async def _await(
         self, rid: RunId, fut: asyncio.Future[Outcome], timeout: float | None
     ) -> Outcome | None:
-        try:
-            async with asyncio.timeout(timeout):
-                outcome = await fut
-        except TimeoutError:
-            return None
+        if timeout is None:  # the common case: no timer to arm (a wait per run)
+            outcome = await fut
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    outcome = await fut
+            except TimeoutError:
+                return None
         if outcome.status is Status.COMPLETED and not outcome.payload:
             # too large to travel in the notification: read it
             outcome = await fetch_outcome(self.fast, rid) or outcome
