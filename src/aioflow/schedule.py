@@ -20,7 +20,6 @@ rest are skipped. A process already ticking fires every tick it sees due.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -156,14 +155,6 @@ def _missed(s: Schedule, done: int, since: int) -> list[int]:
         span *= 4
 
 
-def _raise_if_cancelled() -> None:
-    # redis-py can swallow a cancellation that lands in a command (its retry and
-    # reconnect paths); the request is still pending on the task: honour it
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class Scheduler:
     """Fires the due ticks of ``flows``' registered schedules (see the module).
     ``redis`` is the client given to the Worker or gateway; ``engine``, when given, is
@@ -190,7 +181,9 @@ class Scheduler:
             self._engine = None
 
     async def run(self) -> None:
-        """Tick until cancelled; Redis errors count as a break (see the module)."""
+        """Tick until cancelled; Redis errors count as a break (see the module). A
+        cancel can be lost inside redis-py on Python 3.11: cancel it with
+        :func:`aioflow.aio.cancel_and_wait`, as the worker and the gateway do."""
         backoff = 0.05
         try:
             while True:
@@ -198,12 +191,10 @@ class Scheduler:
                     seconds = await self.tick()
                     backoff = 0.05
                 except REDIS_ERRORS as e:
-                    _raise_if_cancelled()
                     log.warning("schedules: Redis unavailable (%s); retrying", e)
                     self.since = None
                     seconds = backoff
                     backoff = min(backoff * 2, 2.0)
-                _raise_if_cancelled()
                 await wait(self.clock, None, seconds, poll=REFRESH)
         finally:
             await self.aclose()

@@ -210,12 +210,12 @@ class Executor:
         except TimeoutError:
             if not deadline.expired():
                 raise  # the node's own TimeoutError, not ours
-            raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
-        if deadline.expired():
-            # it returned after its timeout: the cancel was lost (Python 3.11 loses one
+        else:
+            # returned after its timeout too: the cancel was lost (Python 3.11 loses one
             # inside asyncio.wait_for, as redis-py's commands use it) or swallowed
-            raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s")
-        return out
+            if not deadline.expired():
+                return out
+        raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
 
     async def _traced(self, m: Msg) -> None:
         with tracing.vertex_span(m.trace, m.flow.name, str(m.rid), m.addr, m.attempt) as span:
