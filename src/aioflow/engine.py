@@ -20,6 +20,7 @@ from redis.exceptions import (
     ClusterError,
     MasterDownError,
     RedisClusterException,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +35,7 @@ from .errors import (
     InvalidRunId,
     InvalidTransition,
     LimitExceeded,
+    RedisFull,
     RedisUnavailable,
     ResultTimeout,
     RunFailed,
@@ -72,6 +74,11 @@ REDIS_ERRORS = (
 )
 
 
+def is_oom(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Redis refusing a write at ``maxmemory`` (``-OOM ...``)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+
+
 class _Translate:
     # a class, not @asynccontextmanager: this wraps every client call
     async def __aenter__(self) -> None:
@@ -81,6 +88,8 @@ class _Translate:
         # ResultTimeout is an OSError too: keep ours as they are
         if isinstance(exc, REDIS_ERRORS) and not isinstance(exc, AioflowError):
             raise RedisUnavailable(f"Redis is unavailable: {exc}") from exc
+        if is_oom(exc):
+            raise RedisFull(f"Redis is full: {exc}") from exc
 
 
 _TRANSLATE = _Translate()

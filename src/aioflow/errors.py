@@ -24,6 +24,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── ResultTimeout        waiting for a result took longer than asked (also a TimeoutError)
     ├── NodeTimeout          a node attempt ran past its ``timeout`` (seen inside RunFailed)
     ├── RedisUnavailable     Redis cannot be reached (connection refused, dropped, timed out)
+    │   ├── RedisFull        Redis is at ``maxmemory`` and refused a write: nothing was applied
     │   ├── GatewayUnavailable  (HTTP client) the gateway or its Redis cannot be reached
     │   └── BatchIncomplete  Redis failed part-way through a submit_many: says which runs exist
     └── GatewayError         (HTTP client) the gateway refused a request: auth, limits...
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidTransition",
     "LimitExceeded",
     "NodeTimeout",
+    "RedisFull",
     "RedisUnavailable",
     "ResultTimeout",
     "RunFailed",
@@ -185,6 +187,13 @@ class NodeTimeout(AioflowError):
 
 class RedisUnavailable(AioflowError):
     """Redis could not be reached; the operation may be retried once it is back."""
+
+
+class RedisFull(RedisUnavailable):
+    """Redis is at its ``maxmemory`` and refused the write (``-OOM``). Nothing of the
+    call was applied; retry once memory is freed (raise ``maxmemory``, let finished
+    runs expire, or lower ``result_ttl``). A :class:`RedisUnavailable`, so code that
+    retries while Redis is away retries this too."""
 
 
 class GatewayUnavailable(RedisUnavailable):

@@ -25,6 +25,7 @@ from .errors import (
     InvalidRunId,
     InvalidTransition,
     LimitExceeded,
+    RedisFull,
     RedisUnavailable,
     RunNotFound,
     Unauthorized,
@@ -70,6 +71,7 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
     (LimitExceeded, 413, "value_too_large"),
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
+    (RedisFull, 503, "redis_full"),  # before its base class
     (RedisUnavailable, 503, "redis_unavailable"),
 ]
 
