@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +40,21 @@ class RunStore:
         await self._conn.execute("HDEL", self._key, f"kv:{key}", idempotent=True)
 
 
+_NODE_LOGGER = logging.getLogger("aioflow.node")
+
+
+class NodeLog(logging.LoggerAdapter[logging.Logger]):
+    """``ctx.log``: its records carry the run's fields, merged with a call's ``extra``
+    (the plain adapter would drop the call's)."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        given = kwargs.get("extra")
+        kwargs["extra"] = {**(self.extra or {}), **given} if given else self.extra
+        return msg, kwargs
+
+
 class Context:
     """Passed as the second argument to node functions that take two parameters.
 
@@ -48,7 +64,9 @@ class Context:
     - ``attempt``: 1 on the first execution, counting retries and redeliveries;
     - ``options``: the request's query parameters, ``dict[str, list[str]]``;
     - ``store``: a :class:`RunStore` shared by the run's vertices;
-    - ``log``: a logger adapter carrying ``run_id`` and ``vertex`` as record attributes.
+    - ``log``: a logger adapter (on ``aioflow.node``) whose records carry ``flow``,
+      ``run_id``, ``vertex`` and ``attempt`` as attributes; the ``aioflow`` commands
+      show them in every log format. An ``extra=`` given to a call adds to them.
     """
 
     __slots__ = ("attempt", "flow", "log", "options", "run_id", "store", "vertex")
@@ -69,8 +87,8 @@ class Context:
         self.attempt = attempt
         self.options = options
         self.store = store
-        self.log = logging.LoggerAdapter(
-            logging.getLogger("aioflow.node"), {"run_id": run_id, "vertex": vertex}
+        self.log = NodeLog(
+            _NODE_LOGGER, {"flow": flow, "run_id": run_id, "vertex": vertex, "attempt": attempt}
         )
 
     def __repr__(self) -> str:
