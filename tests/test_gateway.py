@@ -157,18 +157,23 @@ async def test_failing_run_with_wait(any_redis_url: str) -> None:
 
 
 async def test_a_wait_that_is_not_a_number_is_refused(redis_url: str) -> None:
-    """A NaN wait would never end (its timer never fires): it is refused like any
-    non-number, and no run starts; an infinite one is capped like a large one."""
+    """A NaN or infinite wait would never end (its timer never fires), a negative one
+    means nothing: each is refused like any non-number, and no run starts; a large
+    finite one is capped at 300 s."""
     async with gateway(make_flows(), redis_url) as (http, stack):
-        for bad in ("nan", "NaN", "-nan", "soon"):
+        for bad in ("nan", "NaN", "-nan", "soon", "inf", "-inf", "1e400", "-1", "-0.5", ""):
             resp = await http.post(f"/flow/diamond?wait={bad}", json={"n": 1})
             body = await assert_json_error(resp, 400)
+            assert body["error"] == "invalid_wait", body
             assert "wait must be a number" in body["detail"], body
+            assert "finite and >= 0" in body["detail"], body
         runs, _ = await stack.client.runs("diamond")
         assert runs == []
         async with asyncio.timeout(T):
-            resp = await http.post("/flow/diamond?wait=inf", json={"n": 2})
+            resp = await http.post("/flow/diamond?wait=1e9", json={"n": 2})
             assert resp.status == 200 and await _json_body(resp) == {"total": 330}
+            resp = await http.post("/flow/diamond?wait=0", json={"n": 3})
+            assert resp.status in (200, 202), await resp.text()
 
 
 async def test_wait_ending_before_the_run_answers_202(redis_url: str) -> None:

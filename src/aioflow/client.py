@@ -25,6 +25,10 @@ def _name(flow: str | Flow) -> str:
     return flow.name if isinstance(flow, Flow) else flow
 
 
+def _flow_name(flow: str | Flow | None) -> str | None:
+    return None if flow is None else _name(flow)
+
+
 DEV_URL_FILE = Path(".aioflow") / "redis.url"
 
 
@@ -257,49 +261,53 @@ class Client:
         async with translate():
             return await self._registering(flow, call)
 
-    async def result(self, run_id: str, timeout: float | None = None) -> Any:
-        """Wait for a run's result (forever when ``timeout`` is None)."""
-        if self._http is not None:
-            return await self._http.result(run_id, timeout)
-        async with translate():
-            return self.engine.unwrap(run_id, await self.engine.wait(run_id, timeout))
+    async def result(
+        self, run_id: str, timeout: float | None = None, *, flow: str | Flow | None = None
+    ) -> Any:
+        """Wait for a run's result (forever when ``timeout`` is None).
 
-    async def state(self, run_id: str) -> RunState:
+        ``run_id`` is the id :meth:`submit` returned, or, with ``flow``, the
+        ``run_id=`` its caller chose (as for every method below). Raises
+        :class:`~aioflow.InvalidRunId` for a caller-chosen id without ``flow``."""
+        if self._http is not None:
+            return await self._http.result(run_id, timeout, flow=_flow_name(flow))
+        async with translate():
+            rid = await self.engine.run_id(run_id, flow)
+            return self.engine.unwrap(rid, await self.engine.wait(rid, timeout))
+
+    async def state(self, run_id: str, *, flow: str | Flow | None = None) -> RunState:
         """The run's status, per-vertex status, result or error."""
         if self._http is not None:
-            return await self._http.state(run_id)
+            return await self._http.state(run_id, flow=_flow_name(flow))
         async with translate():
-            return await self.engine.state(run_id)
+            return await self.engine.state(await self.engine.run_id(run_id, flow))
 
-    async def pause(self, run_id: str) -> Status:
+    async def _control(self, run_id: str, flow: str | Flow | None, action: str) -> Status:
+        if self._http is not None:
+            return await self._http.control(run_id, action, flow=_flow_name(flow))
+        async with translate():
+            return await self.engine.control(await self.engine.run_id(run_id, flow), action)
+
+    async def pause(self, run_id: str, *, flow: str | Flow | None = None) -> Status:
         """Start no new vertex of the run until :meth:`resume`; running ones finish."""
-        if self._http is not None:
-            return await self._http.control(run_id, "pause")
-        async with translate():
-            return await self.engine.control(run_id, "pause")
+        return await self._control(run_id, flow, "pause")
 
-    async def resume(self, run_id: str) -> Status:
+    async def resume(self, run_id: str, *, flow: str | Flow | None = None) -> Status:
         """Continue a paused run where it stood."""
-        if self._http is not None:
-            return await self._http.control(run_id, "resume")
-        async with translate():
-            return await self.engine.control(run_id, "resume")
+        return await self._control(run_id, flow, "resume")
 
-    async def stop(self, run_id: str) -> Status:
+    async def stop(self, run_id: str, *, flow: str | Flow | None = None) -> Status:
         """End the run ``stopped``: cancel its running nodes, start nothing more."""
-        if self._http is not None:
-            return await self._http.control(run_id, "stop")
-        async with translate():
-            return await self.engine.control(run_id, "stop")
+        return await self._control(run_id, flow, "stop")
 
-    async def retry(self, run_id: str) -> int:
+    async def retry(self, run_id: str, *, flow: str | Flow | None = None) -> int:
         """Rerun a failed run: its failed vertices and everything downstream run
         again; stored results of vertices that succeeded are reused. Answers the
         number of vertices enqueued; raises InvalidTransition unless failed."""
         if self._http is not None:
-            return await self._http.retry(run_id)
+            return await self._http.retry(run_id, flow=_flow_name(flow))
         async with translate():
-            return await self.engine.retry(run_id)
+            return await self.engine.retry(await self.engine.run_id(run_id, flow))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of every flow: id, run_id, vertex, reason, deliveries."""

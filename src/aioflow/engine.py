@@ -100,6 +100,15 @@ def translate() -> _Translate:
     return _TRANSLATE
 
 
+def _info_fields(reply: Any) -> dict[str, Any]:
+    """An ``INFO`` reply as a dict: the lean connection's text, or what redis-py made of it."""
+    if isinstance(reply, dict):
+        return reply
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k: v.strip() for k, v in pairs}
+
+
 def _parse_cursor(cursor: str) -> tuple[float, int, str]:
     try:
         score, part, key = cursor.split(":")
@@ -372,6 +381,22 @@ class Engine:
         if self.tracing:
             await tracing.flush()
 
+    async def memory_full(self) -> list[str]:
+        """The Redis masters that refuse writes for memory now, each as a line saying
+        so (empty: none). A master refuses them while its used memory, less what Redis
+        leaves out of the count (replication and AOF buffers), is over ``maxmemory``
+        (the check Redis itself makes before a write). Raises Redis connection errors."""
+        await self.start()
+        full: list[str] = []
+        for addr in self.fast.masters:
+            info = _info_fields(await self.fast.execute_on(addr, "INFO", "memory"))
+            limit = int(info.get("maxmemory", 0))
+            used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
+            if limit and used > limit:
+                where = f"{addr[0]}:{addr[1]}" if addr[0] else "Redis"
+                full.append(f"{where} uses {used} bytes, over its maxmemory of {limit}")
+        return full
+
     async def flow_info(self, name: str) -> FlowInfo:
         info = self._flows.get(name)
         if info is None:
@@ -411,6 +436,54 @@ class Engine:
             hit = self._pinned[flow] = (doc, FlowInfo.from_doc(doc))
         return hit[1]
 
+    async def run_id(self, run_id: str | RunId, flow: str | Flow | None = None) -> RunId:
+        """The run that a run id argument names: a full run id as returned by
+        :meth:`submit` (of ``flow`` when given), or the id its caller chose
+        (``run_id=``, ``X-Run-Id``) with the ``flow`` it was submitted to,
+        whatever that flow's partition count. Raises :class:`InvalidRunId` for
+        a malformed id, a run id of another flow or a caller-chosen id without
+        ``flow``; :class:`UnknownFlow` for a caller-chosen id of a flow nobody
+        registered."""
+        name = flow.name if isinstance(flow, Flow) else flow
+        if isinstance(run_id, RunId):
+            if name is not None and run_id.flow != name:
+                raise InvalidRunId(f"run id {run_id} does not belong to flow {name!r}")
+            return run_id
+        ref = keys.parse_run_ref(run_id, name)
+        if isinstance(ref, RunId):
+            return ref
+        assert flow is not None and name is not None  # parse_run_ref saw to it
+        now, before = await self._partition_counts(flow)
+        parts = sorted({keys.partition_for(ref, n, caller_chosen=True) for n in {now, *before}})
+        if len(parts) > 1:
+            # versions with different partition counts: the run is where it was created
+            rids = [RunId(name, p, ref) for p in parts]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for rid in rids:
+                    pipe.exists(rid.run)
+                found = await pipe.execute()
+            for rid, there in zip(rids, found, strict=True):
+                if there:
+                    return rid
+        # where a run submitted now with this id goes
+        return RunId(name, keys.partition_for(ref, now, caller_chosen=True), ref)
+
+    async def _partition_counts(self, flow: str | Flow) -> tuple[int, set[int]]:
+        """The partition count a run of ``flow`` submitted now gets, and those of the
+        flow's registered versions (older runs live under theirs)."""
+        await self.start()
+        if isinstance(flow, Flow):
+            name, now = flow.name, partitions_of(flow, self.fast)
+        else:
+            name, now = flow, (await self.pin(flow)).partitions
+        before: set[int] = set()
+        raw: Any = await self.redis.hkeys(versions.fv_key(name))
+        for v in raw:
+            doc = await self.pins.doc(name, v.decode())
+            if doc is not None:
+                before.add(int(doc.get("partitions") or 1))
+        return now, before
+
     async def new_run_id(
         self, flow: str, run_id: str | None = None, info: FlowInfo | None = None
     ) -> RunId:
@@ -448,7 +521,8 @@ class Engine:
         value = codec.encode(data)
         if self.max_value is not None and len(value) > self.max_value:
             raise LimitExceeded(
-                f"input of run {rid} is {len(value)} bytes, larger than max_value={self.max_value}"
+                f"the input is {len(value)} bytes, larger than max_value={self.max_value}: "
+                f"no run of flow {info.name!r} was started"
             )
         traceparent = ""
         if self.tracing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from importlib import resources
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from . import codec, openapi, schedule, tracing, versions
 from .aio import cancel_and_wait
-from .engine import REDIS_ERRORS, Engine, register
+from .engine import REDIS_ERRORS, Engine, register, translate
 from .errors import (
     AioflowError,
     BatchIncomplete,
@@ -43,7 +44,11 @@ from .topology import RedisClient
 
 log = logging.getLogger("aioflow.gateway")
 
+INTEGER_RE = re.compile(r"[0-9]{1,9}")
+
 MAX_WAIT = 300.0
+MAX_PAGE = 500  # GET /flow/{name}/runs
+MAX_DEAD_LETTERS = 1000  # GET /dead-letters, per partition
 ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
@@ -79,13 +84,12 @@ _STATUS: list[tuple[type[AioflowError], int, str]] = [
 @web.middleware
 async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)  # type: ignore[no-any-return]
+        async with translate():  # Redis errors as aioflow's (a full Redis: RedisFull)
+            return await handler(request)  # type: ignore[no-any-return]
     except web.HTTPException as e:
         if e.status >= 400 and e.content_type != "application/json":
             return _error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
         raise
-    except REDIS_ERRORS as e:
-        return _error(503, "redis_unavailable", f"Redis is unavailable: {e}")
     except AioflowError as e:
         for cls, status, code in _STATUS:
             if isinstance(e, cls):
@@ -105,8 +109,58 @@ def _flow_name(request: web.Request) -> str:
     return check_flow_name(request.match_info["name"])
 
 
-def _run_id(request: web.Request) -> RunId:
-    return RunId.parse(request.match_info["run_id"], flow=_flow_name(request))
+async def _run_id(request: web.Request) -> RunId:
+    """The run of a ``/flow/{name}/run/{run_id}`` route: a full run id or the caller's own."""
+    return await _engine(request).run_id(request.match_info["run_id"], flow=_flow_name(request))
+
+
+def _bad_request(error: str, detail: str) -> web.HTTPBadRequest:
+    doc = {"error": error, "detail": detail}
+    return web.HTTPBadRequest(text=codec.dumps(doc).decode(), content_type="application/json")
+
+
+def _invalid(param: str, detail: str) -> web.HTTPBadRequest:
+    """400 ``invalid_<param>``: a query parameter outside what ``detail`` says is allowed."""
+    return _bad_request(f"invalid_{param}", detail)
+
+
+def _wait(request: web.Request) -> float | None:
+    raw = request.query.get("wait")
+    if raw is None:
+        return None
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = math.nan
+    if not math.isfinite(wait) or wait < 0:  # a NaN or infinite timer never fires
+        raise _invalid(
+            "wait",
+            f"wait must be a number of seconds, finite and >= 0 (above {MAX_WAIT:g} it "
+            f"waits {MAX_WAIT:g}), got {raw!r}",
+        )
+    return min(wait, MAX_WAIT)
+
+
+def _limit(request: web.Request, default: int, most: int) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not INTEGER_RE.fullmatch(raw) or not 1 <= int(raw) <= most:
+        raise _invalid("limit", f"limit must be an integer from 1 to {most}, got {raw!r}")
+    return int(raw)
+
+
+def _status(request: web.Request) -> Status | None:
+    raw = request.query.get("status")
+    if raw is None:
+        return None
+    try:
+        return Status(raw)
+    except ValueError:
+        valid = ", ".join(s.value for s in Status)
+        raise _invalid(
+            "status", f"status must be one of {valid} (or absent for all), got {raw!r}"
+        ) from None
 
 
 def _options(request: web.Request) -> dict[str, list[str]]:
@@ -129,31 +183,24 @@ def _result_response(stored: bytes, rid: RunId) -> web.Response:
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     if request.content_type == "application/json":
-        if not raw:
-            return None
+        if not raw.strip():
+            raise _bad_request(
+                "empty_body",
+                "an application/json body must hold a JSON value (null for no input); "
+                "send another content type for raw bytes",
+            )
         try:
             return codec.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise web.HTTPBadRequest(text=f"malformed JSON body: {e}") from None
+            raise _bad_request("invalid_json", f"malformed JSON body: {e}") from None
     return raw
 
 
 async def start_run(request: web.Request) -> web.Response:
     engine = _engine(request)
     name = _flow_name(request)
+    wait = _wait(request)
     data = await _body(request)
-    wait_raw = request.query.get("wait")
-    wait: float | None = None
-    if wait_raw is not None:
-        try:
-            wait = float(wait_raw)
-            if math.isnan(wait):  # would wait forever: a NaN timer never fires
-                raise ValueError(wait_raw)
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text=f"wait must be a number of seconds, got {wait_raw!r}"
-            ) from None
-        wait = min(max(wait, 0.0), MAX_WAIT)
     run_key = request.headers.get("X-Run-Id")
     callback = request.headers.get("X-Callback-Url")
     if callback is not None:
@@ -230,7 +277,7 @@ async def start_batch(request: web.Request) -> web.Response:
 
 
 async def run_state(request: web.Request) -> web.Response:
-    state = await _engine(request).state(_run_id(request))
+    state = await _engine(request).state(await _run_id(request))
     if state.error is not None:
         state.error = request.app[GUARD].public_error(state.error)
     return _json(state.to_json())
@@ -240,7 +287,7 @@ async def run_control(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in ("pause", "resume", "stop", "retry"):
         raise web.HTTPNotFound(text=f"unknown action {action!r}")
-    rid = _run_id(request)
+    rid = await _run_id(request)
     if action == "retry":
         n = await _engine(request).retry(rid)
         return _json({"run_id": str(rid), "status": "running", "requeued": n})
@@ -252,13 +299,9 @@ async def run_control(request: web.Request) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     name = _flow_name(request)
-    q = request.query
-    try:
-        status = Status(q["status"]) if q.get("status") else None
-        limit = int(q.get("limit", "20"))
-        cursor = q.get("cursor") or None
-    except ValueError as e:
-        raise web.HTTPBadRequest(text=str(e)) from None
+    status = _status(request)
+    limit = _limit(request, 20, MAX_PAGE)
+    cursor = request.query.get("cursor") or None
     runs, nxt = await _engine(request).runs(name, status=status, limit=limit, cursor=cursor)
     return _json(
         {
@@ -277,10 +320,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 async def dead_letters(request: web.Request) -> web.Response:
-    try:
-        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
-    except ValueError as e:
-        raise web.HTTPBadRequest(text=str(e)) from None
+    limit = _limit(request, 100, MAX_DEAD_LETTERS)
     return _json({"dead_letters": await _engine(request).dead_letters(limit)})
 
 
@@ -346,10 +386,15 @@ async def list_flows(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 ``{"ok": true, "redis": true}``; 503 with ``"redis": false`` when Redis does
+    not answer, ``"redis": "full"`` when it answers but refuses writes (maxmemory)."""
     try:
-        await _engine(request).redis.ping()
+        full = await _engine(request).memory_full()
     except REDIS_ERRORS as e:
         return _json({"ok": False, "redis": False, "detail": str(e)}, 503)
+    if full:
+        detail = f"Redis is full, writes are refused: {'; '.join(full)}"
+        return _json({"ok": False, "redis": "full", "detail": detail}, 503)
     return _json({"ok": True, "redis": True})
 
 

@@ -28,6 +28,7 @@ from .errors import (
     InvalidRunId,
     InvalidTransition,
     LimitExceeded,
+    RedisFull,
     ResultTimeout,
     RunFailed,
     RunNotFound,
@@ -35,7 +36,7 @@ from .errors import (
     Unauthorized,
     UnknownFlow,
 )
-from .keys import RunId, check_flow_name
+from .keys import RunId, check_flow_name, parse_run_ref
 from .status import RunState, Status, VertexState
 
 # the gateway answers ?wait= for at most this long; longer waits poll the state
@@ -157,6 +158,8 @@ class HttpClient:
                 doc = {}
         code = str(doc.get("error", f"http_{status}"))
         detail = str(doc.get("detail", raw[:200].decode("utf-8", "replace")))
+        if code == "redis_full":  # a RedisUnavailable too, as GatewayUnavailable
+            raise RedisFull(detail)
         if status in (502, 503, 504):
             raise GatewayUnavailable(f"gateway {self.url} answered {status}: {detail}")
         if code == "unauthorized":
@@ -254,12 +257,14 @@ class HttpClient:
             raise ResultTimeout(f"run {doc['run_id']} did not finish in time")
         return await self.result(doc["run_id"], left)
 
-    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+    async def result(
+        self, run_id: str, timeout: float | None = None, *, flow: str | None = None
+    ) -> Any:
         # polling the state cannot miss a completion: a finished run stays finished
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _POLL_MIN
         while True:
-            st = await self.state(run_id)
+            st = await self.state(run_id, flow=flow)
             if st.status.finished:
                 return _outcome(st)
             now = time.monotonic()
@@ -268,20 +273,23 @@ class HttpClient:
             await asyncio.sleep(pause if deadline is None else min(pause, deadline - now))
             pause = min(pause * 1.5, _POLL_MAX)
 
-    def _run_path(self, run_id: str) -> str:
-        rid = RunId.parse(run_id)
-        return f"/flow/{rid.flow}/run/{rid}"
+    def _run_path(self, run_id: str, flow: str | None) -> str:
+        # a caller-chosen id goes as it is: the gateway finds its partition
+        ref = parse_run_ref(run_id, flow)
+        if isinstance(ref, RunId):
+            return f"/flow/{ref.flow}/run/{ref}"
+        return f"/flow/{flow}/run/{ref}"
 
-    async def state(self, run_id: str) -> RunState:
-        _, _, raw = await self._call("GET", self._run_path(run_id))
+    async def state(self, run_id: str, *, flow: str | None = None) -> RunState:
+        _, _, raw = await self._call("GET", self._run_path(run_id, flow))
         return _state(codec.loads(raw))
 
-    async def control(self, run_id: str, action: str) -> Status:
-        _, _, raw = await self._call("POST", f"{self._run_path(run_id)}/{action}")
+    async def control(self, run_id: str, action: str, *, flow: str | None = None) -> Status:
+        _, _, raw = await self._call("POST", f"{self._run_path(run_id, flow)}/{action}")
         return Status(codec.loads(raw)["status"])
 
-    async def retry(self, run_id: str) -> int:
-        _, _, raw = await self._call("POST", f"{self._run_path(run_id)}/retry")
+    async def retry(self, run_id: str, *, flow: str | None = None) -> int:
+        _, _, raw = await self._call("POST", f"{self._run_path(run_id, flow)}/retry")
         return int(codec.loads(raw).get("requeued", 0))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -165,3 +165,22 @@ def check_run_key(key: str) -> str:
     if not isinstance(key, str) or not RUN_KEY_RE.fullmatch(key):
         raise InvalidRunId(f"invalid run id {key!r}: use 1-64 characters of [A-Za-z0-9_-]")
     return key
+
+
+def parse_run_ref(run_id: str, flow: str | None = None) -> RunId | str:
+    """What a run id argument names: a full run id (``<flow>.<partition>.<key>``,
+    of ``flow`` when given) parsed, or, with ``flow``, the id a caller chose
+    (``run_id=``, ``X-Run-Id``; no dots) as it is: its partition is for the
+    engine to find. Raises :class:`InvalidRunId`, saying to pass ``flow=`` for a
+    caller-chosen id without it."""
+    if flow is not None:
+        check_flow_name(flow)
+    if isinstance(run_id, str) and "." not in run_id:
+        key = check_run_key(run_id)
+        if flow is None:
+            raise InvalidRunId(
+                f"{run_id!r} is not a full run id (<flow>.<partition>.<key>): to name a run "
+                "by the id its caller chose, pass the flow too (flow=...)"
+            )
+        return key
+    return RunId.parse(run_id, flow=flow)
