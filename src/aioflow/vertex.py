@@ -25,7 +25,7 @@ from .context import Context, RunStore
 from .errors import DefinitionError, InvalidCallbackUrl, LimitExceeded, NodeTimeout, RunFailed
 from .keys import RunId
 from .metrics import outcome
-from .model import Flow
+from .model import Flow, is_async, takes_ctx
 from .plan import GROUPS, Plan, PNode, child_scope, parent_group
 from .security import SIGNATURE_HEADER, CallbackPolicy, PublicResolver, parse_secrets, sign
 from .settings import Settings
@@ -80,11 +80,7 @@ class _Fn:
 
 
 def _inspect_fn(fn: Callable[..., Any]) -> _Fn:
-    try:
-        n = len(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        n = 1
-    return _Fn(inspect.iscoroutinefunction(fn), n >= 2)
+    return _Fn(is_async(fn), takes_ctx(fn))  # the rule the definition was checked by
 
 
 async def _maybe_await(value: Any) -> Any:
