@@ -11,22 +11,32 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .endpoint import KEEPALIVE
 from .errors import ConfigError, DefinitionError
 from .model import Flow
 from .plan import compile_dag
 from .settings import Settings
 
 
-def connect(url: str, *, max_connections: int = 64) -> Redis:
+def connect(url: str, *, max_connections: int = 64, timeout: float | None = None) -> Redis:
     """A Redis client on a blocking pool: callers wait for a free connection
-    instead of failing when all are busy."""
+    instead of failing when all are busy. Every reply is due within ``timeout``
+    seconds (default: ``AIOFLOW_REDIS_TIMEOUT``, else 10), the lean connections
+    made from this client included; sockets use TCP keepalive."""
+    if timeout is None:
+        timeout = Settings.from_env().redis_timeout
     # TCP keepalive has no meaning on a unix socket (redis-py refuses the option there)
-    keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
+    keepalive: dict[str, Any] = (
+        {}
+        if url.startswith("unix:")
+        else {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
+    )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=None,
         socket_connect_timeout=5,
+        socket_timeout=timeout,
         **keepalive,
         health_check_interval=15,
         # a pooled connection that died with a restarted server is replaced and the

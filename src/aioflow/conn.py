@@ -17,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import socket
 from ssl import SSLContext
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
+from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .aio import cancel_and_wait
-from .endpoint import Endpoint, open_transport
+from .endpoint import Endpoint, keepalive, open_transport
+
+log = logging.getLogger("aioflow.conn")
 
 
 class NotConnected(RedisConnectionError):
@@ -39,15 +42,50 @@ def _pack(*args: Any) -> bytes:
     return packed
 
 
+_PING = _pack("PING")
+
+
+class Stalled(RedisConnectionError):
+    """Redis did not answer within the connection's deadline, so the connection was
+    closed: a link that stalled without a reset (a partition, a stuck NAT or load
+    balancer, a server that froze). The command may or may not have been applied."""
+
+
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # the time by which each waiter's reply is due (replies come in order, so only
+        # the oldest one's is watched: one timer per connection, not one per command)
+        self.deadlines: collections.deque[float] = collections.deque()
+        self.timeout = timeout
+        self._watch: asyncio.TimerHandle | None = None
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport
         self.lost: Exception | None = None
         # kept: asyncio.get_running_loop() costs a getpid() syscall per call
         self.loop = asyncio.get_running_loop()
         self.out: list[bytes] | None = None  # while a pass batches: what it sends next
+
+    def expect(self, futs: list[asyncio.Future[Any]], timeout: float | None) -> None:
+        """Wait for one reply per future, each due within ``timeout`` (default: the
+        connection's); a reply that is late closes the connection."""
+        due = self.loop.time() + (self.timeout if timeout is None else timeout)
+        self.waiters.extend(futs)
+        self.deadlines.extend([due] * len(futs))
+        if self._watch is None:
+            self._watch = self.loop.call_at(self.deadlines[0], self._check)
+
+    def _check(self) -> None:
+        self._watch = None
+        if not self.deadlines or self.lost is not None:
+            return
+        due = self.deadlines[0]
+        if due > self.loop.time():
+            self._watch = self.loop.call_at(due, self._check)
+            return
+        self._fail(Stalled(f"Redis did not answer in time ({self.timeout:g} s): connection closed"))
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, data: bytes) -> None:
         """Write ``data``: the first command of an event-loop pass at once (a lone
@@ -71,6 +109,7 @@ class _Protocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keepalive(sock)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -79,15 +118,24 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             fut = self.waiters.popleft()
+            self.deadlines.popleft()
             if not fut.done():
                 fut.set_result(reply)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}")
+    def _fail(self, exc: Exception) -> None:
+        if self.lost is None:
+            self.lost = exc
+        self.deadlines.clear()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(self.lost)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
 
 
 class Lean:
@@ -102,6 +150,7 @@ class Lean:
         username: str | None = None,
         password: str | None = None,
         connect_timeout: float = 5.0,
+        timeout: float = 10.0,
         path: str | None = None,
         ssl: SSLContext | None = None,
     ) -> None:
@@ -114,6 +163,7 @@ class Lean:
             password=password,
             db=db,
             connect_timeout=connect_timeout,
+            timeout=timeout,
         )
         self.host = host
         self.port = port
@@ -121,6 +171,7 @@ class Lean:
         self.username = username
         self.password = password
         self.connect_timeout = connect_timeout
+        self.timeout = timeout
         self._proto: _Protocol | None = None
         self._lock = asyncio.Lock()
 
@@ -138,6 +189,7 @@ class Lean:
             username=ep.username,
             password=ep.password,
             connect_timeout=ep.connect_timeout,
+            timeout=ep.timeout,
             path=ep.path,
             ssl=ep.ssl,
         )
@@ -147,7 +199,8 @@ class Lean:
             if self._proto is not None and self._proto.lost is None:
                 return self._proto
             try:
-                _, proto = await open_transport(self.endpoint, _Protocol)
+                timeout = self.timeout
+                _, proto = await open_transport(self.endpoint, lambda: _Protocol(timeout))
             except RedisConnectionError as e:
                 raise NotConnected(str(e)) from e
             if self.password:
@@ -159,11 +212,11 @@ class Lean:
             return proto
 
     @staticmethod
-    async def _send(proto: _Protocol, *args: Any) -> Any:
+    async def _send(proto: _Protocol, *args: Any, timeout: float | None = None) -> Any:
         if proto.lost is not None or proto.transport is None:
             raise proto.lost or RedisConnectionError("not connected")
         fut: asyncio.Future[Any] = proto.loop.create_future()
-        proto.waiters.append(fut)
+        proto.expect([fut], timeout)
         proto.send(_pack(*args))
         reply = await fut
         if isinstance(reply, ResponseError):
@@ -172,14 +225,19 @@ class Lean:
                 raise NoScriptError(text)
             if text.startswith("LOADING"):  # restarting: a connection error, retried
                 raise BusyLoadingError(text)
+            if text.startswith("OOM"):  # as redis-py raises it
+                raise OutOfMemoryError(text)
             raise reply
         return reply
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: Any, timeout: float | None = None) -> Any:
+        """Send one command and return its reply. It is due within ``timeout``
+        seconds (default: the connection's; a blocking command gives its block plus
+        a grace): else the connection is closed and :class:`Stalled` raised."""
         proto = self._proto
         if proto is None or proto.lost is not None:
             proto = await self._open()
-        return await self._send(proto, *args)
+        return await self._send(proto, *args, timeout=timeout)
 
     async def execute_many(
         self, commands: list[tuple[Any, ...]], *, raise_errors: bool = True
@@ -193,19 +251,22 @@ class Lean:
         if proto.transport is None:
             raise proto.lost or RedisConnectionError("not connected")
         futs = [proto.loop.create_future() for _ in commands]
-        proto.waiters.extend(futs)
+        proto.expect(futs, None)
         proto.send(b"".join(_pack(*c) for c in commands))
         replies = [await f for f in futs]
         if raise_errors:
             for r in replies:
                 if isinstance(r, ResponseError):
-                    raise r
+                    raise OutOfMemoryError(str(r)) if str(r).startswith("OOM") else r
         return replies
 
     async def aclose(self) -> None:
         proto, self._proto = self._proto, None
         if proto is not None and proto.transport is not None:
-            proto.transport.close()
+            if proto.waiters:  # a stalled peer never takes the close's data: drop it
+                proto.transport.abort()
+            else:
+                proto.transport.close()
 
 
 class RedisPyLean:
@@ -215,6 +276,7 @@ class RedisPyLean:
 
     cluster = False
     sharded_pubsub = False
+    script_flags = False
     epoch = 0
     masters: list[tuple[str, int]] = [("", 0)]
 
@@ -239,7 +301,10 @@ class RedisPyLean:
     def addr_for(self, key: Any) -> tuple[str, int]:
         return self.masters[0]
 
-    async def execute(self, *args: Any, idempotent: bool = False) -> Any:
+    async def execute(
+        self, *args: Any, idempotent: bool = False, timeout: float | None = None
+    ) -> Any:
+        # the deadline is redis-py's own socket_timeout
         return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
     async def execute_on(self, addr: tuple[str, int], *args: Any) -> Any:
@@ -268,12 +333,18 @@ class _PushProtocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.on_reply = on_reply
         self.transport: Any = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.last_seen = self.loop.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keepalive(sock)
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = self.loop.time()
         self.reader.feed(data)
         while True:
             reply = self.reader.gets()
@@ -291,7 +362,13 @@ class Subscriber:
     backoff and subscribes again to every channel; each confirmation (first or
     after a reconnect) and each message goes to ``on_event(kind, channel, data)``.
     ``sharded`` uses SSUBSCRIBE (Redis 7+). ``on_down`` is called each time a
-    connection attempt fails, so an owner can move the channels elsewhere."""
+    connection attempt fails, so an owner can move the channels elsewhere.
+
+    A quiet subscription is pinged: a link that stays silent past the lean
+    connection's timeout is closed and opened again (a stall without a reset would
+    otherwise leave it deaf for good). When no connection could be kept for longer
+    than that timeout, ``on_event(b"down", channel, None)`` is called once for each
+    channel, so waiters can give up rather than wait forever."""
 
     def __init__(
         self,
@@ -337,6 +414,11 @@ class Subscriber:
     async def _keep(self) -> None:
         backoff = 0.05
         lean = self._lean
+        timeout = lean.timeout
+        ping_every = max(0.5, timeout / 2)
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
+        told = False  # on_event(b"down") sent for this outage
         while True:
             try:
                 _, proto = await open_transport(
@@ -345,6 +427,11 @@ class Subscriber:
             except RedisConnectionError:
                 if self._on_down is not None:
                     self._on_down(self)
+                down_since = loop.time() if down_since is None else down_since
+                if not told and loop.time() - down_since > timeout:
+                    told = True
+                    for channel in sorted(self.channels):
+                        self._on_event(b"down", channel.encode(), None)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -354,11 +441,28 @@ class Subscriber:
                 proto.transport.write(_pack("AUTH", *auth))
             self._proto = proto
             self._send(self._verb, sorted(self.channels))
+            subscribed_at = loop.time()
             try:
-                await proto.closed
+                while not proto.closed.done():
+                    await asyncio.wait([proto.closed], timeout=ping_every)
+                    if proto.closed.done():
+                        break
+                    silent = loop.time() - proto.last_seen
+                    if silent > ping_every + timeout:
+                        log.warning(
+                            "pub/sub link to %s silent for %.0f s: reconnecting",
+                            lean.endpoint,
+                            silent,
+                        )
+                        proto.transport.abort()
+                        break
+                    if proto.last_seen > subscribed_at:
+                        down_since, told = None, False  # it answers: the outage is over
+                    proto.transport.write(_PING)
             finally:
                 self._proto = None
                 proto.transport.close()
+            down_since = loop.time() if down_since is None else down_since
             if self._on_down is not None:
                 self._on_down(self)
 

@@ -8,6 +8,7 @@ with CA and client-certificate options, ``unix://``) is one code path.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -38,6 +39,8 @@ class Endpoint:
     password: str | None = None
     db: int = 0
     connect_timeout: float = 5.0
+    # how long a reply may take before the connection counts as stalled (conn.py)
+    timeout: float = 10.0
 
     def __str__(self) -> str:
         if self.path:
@@ -56,6 +59,8 @@ class Endpoint:
         }
         if kw.get("socket_connect_timeout"):
             common["connect_timeout"] = float(kw["socket_connect_timeout"])
+        if kw.get("socket_timeout"):
+            common["timeout"] = float(kw["socket_timeout"])
         kind = pool.connection_class
         if kind is UnixDomainSocketConnection:
             return cls(path=kw["path"], **common)
@@ -73,6 +78,23 @@ class Endpoint:
             ssl=context,
             **common,
         )
+
+
+# A peer that vanished without a FIN or RST (a partition, a NAT or load balancer
+# that dropped the flow) is found by the kernel in ~30 s instead of the default 2 h.
+KEEPALIVE: dict[int, int] = {
+    opt: value
+    for name, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if (opt := getattr(socket, name, None)) is not None
+}
+
+
+def keepalive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive with :data:`KEEPALIVE`'s timings (TCP sockets only)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in KEEPALIVE.items():
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
 
 def ssl_options(kw: dict[str, Any]) -> dict[str, Any]:

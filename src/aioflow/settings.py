@@ -22,6 +22,9 @@ class Settings:
     - ``visibility_timeout``: seconds a message may sit unacknowledged with no
       lease extension before another worker reclaims it (default 30).
     - ``max_deliveries``: deliveries of one message before it is dead-lettered (5).
+    - ``redis_timeout``: seconds a Redis reply may take (10). A connection whose
+      reply is later is closed and replaced (a link that stalled without a reset);
+      a blocking read is given its block plus a few seconds instead.
     - ``result_ttl``: seconds a finished run (state, result, store) is kept (1 day).
     - ``max_body``: largest accepted HTTP request body in bytes (16 MiB).
     - ``max_batch``: most runs one ``POST /flow/{name}/batch`` may start (1000).
@@ -72,6 +75,7 @@ class Settings:
     concurrency: int = 100
     visibility_timeout: float = 30.0
     max_deliveries: int = 5
+    redis_timeout: float = 10.0
     result_ttl: float = 86400.0
     max_body: int = 16 * 1024 * 1024
     max_batch: int = 1000
@@ -100,6 +104,10 @@ class Settings:
             raise ConfigError("visibility_timeout must be > 0")
         if self.max_deliveries < 1:
             raise ConfigError("max_deliveries must be >= 1")
+        if not 0 < self.redis_timeout < float("inf"):
+            raise ConfigError(
+                f"redis_timeout must be a number of seconds > 0, got {self.redis_timeout}"
+            )
         if self.result_ttl <= 0:
             raise ConfigError("result_ttl must be > 0")
         if self.max_body < 1:

@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .conn import Lean, NotConnected, RedisPyLean, Subscriber
-from .endpoint import ssl_context, ssl_options
+from .endpoint import KEEPALIVE, ssl_context, ssl_options
 from .errors import ConfigError
 
 log = logging.getLogger("aioflow.topology")
@@ -48,6 +48,9 @@ RedisClient = Redis | RedisCluster
 
 # How long an idempotent call keeps retrying through a failover before it gives up.
 FAILOVER_TIMEOUT = 20.0
+# How long a Redis reply may take before the connection counts as stalled
+# (Settings.redis_timeout; the default when a client does not say).
+DEFAULT_TIMEOUT = 10.0
 
 
 def _crc16_table() -> list[int]:
@@ -142,6 +145,7 @@ class Router:
         self.failover_timeout = failover_timeout
         self.cluster = False
         self.sharded_pubsub = False  # SSUBSCRIBE/SPUBLISH (Redis 7+)
+        self.script_flags = False  # scripts declare their flags (Redis 7+, scripts.py)
         self.epoch = 0
         self._nodes: dict[Addr, Lean] = {self.seed: seed}
         self._slots: list[Addr] = [self.seed] * SLOTS
@@ -164,6 +168,7 @@ class Router:
                 username=t.username,
                 password=t.password,
                 connect_timeout=t.connect_timeout,
+                timeout=t.timeout,
                 ssl=t.endpoint.ssl,  # TLS and unix sockets as the seed has them
                 path=t.endpoint.path if addr == self.seed else None,
             )
@@ -216,6 +221,10 @@ class Router:
                 return n
         return covering or 16 * m
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     def lean_template(self) -> Lean:
         return self._template
 
@@ -231,7 +240,7 @@ class Router:
             seed = self.node(self.seed)
             info = parse_cluster_info(await seed.execute("INFO", "server"))
             major = int(info.get("redis_version", "0").split(".")[0] or 0)
-            self.sharded_pubsub = major >= 7
+            self.sharded_pubsub = self.script_flags = major >= 7
             cinfo = parse_cluster_info(await seed.execute("INFO", "cluster"))
             if cinfo.get("cluster_enabled") == "1":
                 self.cluster = True
@@ -422,7 +431,9 @@ async def cluster_aware(redis: RedisClient, router: Router) -> RedisClient:
         username=kw.get("username"),
         password=kw.get("password"),
         socket_connect_timeout=kw.get("socket_connect_timeout") or 5,
+        socket_timeout=kw.get("socket_timeout") or t.timeout,
         socket_keepalive=True,
+        socket_keepalive_options=KEEPALIVE,
         max_connections=getattr(pool, "max_connections", 64),
         # through a failover: the node's replica takes over within seconds
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
@@ -455,6 +466,7 @@ def lean(redis: RedisClient) -> Conn:
                 int(node.port),
                 username=kw.get("username"),
                 password=kw.get("password"),
+                timeout=float(kw.get("socket_timeout") or DEFAULT_TIMEOUT),
                 ssl=tls,
             )
         )
