@@ -19,6 +19,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MasterDownError,
+    OutOfMemoryError,
     RedisClusterException,
     ResponseError,
     TryAgainError,
@@ -76,7 +77,10 @@ REDIS_ERRORS = (
 
 def is_oom(exc: BaseException | None) -> bool:
     """Whether ``exc`` is Redis refusing a write at ``maxmemory`` (``-OOM ...``)."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    # redis-py raises OutOfMemoryError with the "OOM " cut off; a raw reply keeps it
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    )
 
 
 class _Translate:
@@ -202,7 +206,7 @@ class Waiter:
                 await self._task
         if self._ps is not None:
             with contextlib.suppress(*REDIS_ERRORS):
-                await self._ps.aclose()  # type: ignore[no-untyped-call]
+                await self._ps.aclose()
 
     async def subscribe(self, channel: str) -> None:
         fut = self._confirmed.get(channel)
@@ -276,6 +280,14 @@ class Waiter:
                 task = asyncio.create_task(self._recheck(channel))
                 self._rechecks.add(task)
                 task.add_done_callback(self._rechecks.discard)
+        elif kind == b"down":
+            # no connection to the channel's node for longer than the Redis timeout
+            # (conn.Subscriber): a wait on it could last forever, so it fails now
+            err = RedisUnavailable(f"lost the subscription to Redis ({channel}); retry")
+            for ch, key in [k for k in self._waits if k[0] == channel]:
+                for waiting in self._waits.pop((ch, key), []):
+                    if not waiting.done():
+                        waiting.set_exception(err)
 
     async def _recheck(self, channel: str) -> None:
         for ch, key in list(self._waits):

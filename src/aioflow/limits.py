@@ -211,7 +211,12 @@ class Limits:
         except Exception as e:
             # left pending: reclaimed after visibility_timeout; a slot taken meanwhile is
             # found again by the redelivery (same holder) or expires
-            log.warning("limit check of %s %s failed (%s): left for redelivery", m.uid, m.addr, e)
+            log.warning(
+                "limit check of vertex %s of run %s failed (%s): left for redelivery",
+                m.addr,
+                m.rid,
+                e,
+            )
             self._held.pop((m.stream, m.id), None)
             return False
         return True

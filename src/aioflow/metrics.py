@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aioflow.metrics")
 
-OUTCOMES = ("completed", "failed", "retried", "timed_out", "fenced", "cancelled")
+OUTCOMES = ("completed", "failed", "retried", "timed_out", "fenced", "cancelled", "lease_lost")
 # what the completion record's vertex status means as an execution outcome
 _OUTCOME = {
     "completed": "completed",
@@ -104,6 +104,7 @@ class WorkerMetrics:
         self._by_node: dict[int, _Vertex] = {}
         self._waits: dict[str, _Hist] = {}
         self._finished: dict[tuple[str, str], int] = {}
+        self.redis_full = 0  # calls Redis refused at maxmemory
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -142,6 +143,11 @@ class WorkerMetrics:
         self._by_node[id(m.node)] = v  # plan nodes live as long as the worker
         return v
 
+    def lease_lost(self, m: Msg) -> None:
+        """``m``'s node was cancelled: its lease could not be kept (worker.py)."""
+        v = self._by_node.get(id(m.node)) or self._vertex(m)
+        v.outcomes[_OUTCOME_INDEX["lease_lost"]] += 1
+
     def dead_lettered(self, m: Msg) -> None:
         """The claim script dead-lettered ``m`` and that failed its run."""
         self._run_finished(m.flow.name, "failed")
@@ -153,7 +159,7 @@ class WorkerMetrics:
         executions = CounterMetricFamily(
             "aioflow_vertex_executions",
             "Vertex executions by outcome (completed, failed, retried, timed_out, fenced, "
-            "cancelled).",
+            "cancelled, lease_lost).",
             labels=["flow", "vertex", "outcome"],
         )
         duration = HistogramMetricFamily(
@@ -183,7 +189,12 @@ class WorkerMetrics:
             "aioflow_worker_inflight", "Vertex messages this worker is running."
         )
         inflight.add_metric([], self._inflight())
-        yield from (executions, duration, wait, finished, inflight)
+        full = CounterMetricFamily(
+            "aioflow_worker_redis_full",
+            "Calls of this worker that Redis refused at maxmemory (retried later).",
+        )
+        full.add_metric([], self.redis_full)
+        yield from (executions, duration, wait, finished, inflight, full)
 
 
 class GatewayMetrics:

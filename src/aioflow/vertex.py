@@ -53,7 +53,8 @@ class Msg:
     fetched: list[bytes | None] = field(default_factory=list)
     wants_ctx: bool = False
     trace: bytes | None = None
-    cancelled: str | None = None  # "stop" or "drain" when the worker cancelled the task
+    # "stop", "drain" or "lease_lost" when the worker cancelled the task
+    cancelled: str | None = None
     t0: float = 0.0  # perf_counter() when it started (metrics)
     vstatus: str = ""  # the vertex status its completion record sets
     timed_out: bool = False
@@ -249,8 +250,9 @@ class Executor:
                 # stopped run: ack the message, nothing else
                 self._queue(m, [], mode="r", vstatus="stopped")
                 raise
-            if m.cancelled == "drain":
-                raise  # handed back by _drain
+            if m.cancelled in ("drain", "lease_lost"):
+                # handed back by _drain; or another worker owns the message now
+                raise
             # raised by the node itself: an ordinary failure
             await self._failed(m, e, data)
         except Exception as e:
@@ -445,12 +447,18 @@ class Executor:
                     + (m.data or b"")
                 )
                 log.info(
-                    "%s %s attempt %d failed (%r); retry in %.2fs",
-                    m.uid,
+                    "run %s vertex %s attempt %d failed (%r); retry in %.2fs",
+                    m.rid,
                     m.addr,
                     m.attempt,
                     error,
                     delay,
+                    extra={
+                        "flow": m.flow.name,
+                        "run_id": str(m.rid),
+                        "vertex": m.addr,
+                        "attempt": m.attempt,
+                    },
                 )
                 self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
                 self._note_due(due)
@@ -464,7 +472,9 @@ class Executor:
                     self._queue(m, self._success_ops(m, value), value=value)
                     return
                 except Exception as hook_error:
-                    log.warning("on_failure of %s raised %r", m.addr, hook_error)
+                    log.warning(
+                        "on_failure of vertex %s of run %s raised %r", m.addr, m.rid, hook_error
+                    )
         if self.tracing:
             tracing.mark_error(error)
         err = {

@@ -27,11 +27,14 @@ from . import codec, keys, metrics, priority, tracing
 from .aio import cancel_and_wait
 from .clock import wait as clock_wait
 from .conn import Lean, RedisPyLean
-from .engine import REDIS_ERRORS, Engine, partitions_of, register
+from .engine import REDIS_ERRORS, Engine, is_oom, partitions_of, register
 from .errors import ConfigError
+from .health import BLOCK, READ_GRACE
+from .health import window as health_window
 from .keys import RunId
 from .limits import Limits
 from .model import Flow
+from .outage import TRANSIENT, Episode
 from .plan import compile_dag, resolve
 from .schedule import ticking
 from .scripts import SCRIPTS
@@ -120,6 +123,12 @@ class Worker:
         self.last_read: float = 0.0
         self.completed = 0  # vertex completions applied (for tests and metrics)
         self.fenced = 0
+        self.lease_lost = 0  # nodes cancelled: their lease could not be kept
+        self._last_renewal = time.monotonic()  # leases of what runs were last renewed
+        self._claiming = self._episode("starting messages (claim)")
+        self._completing = self._episode("applying completions")
+        self._moving = self._episode("moving due retries")
+        self._duties: dict[str, Episode] = {}
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self.fast = self.backend.fast
         self.tracing = tracing.configure(self.settings.tracing, role="worker")
@@ -142,6 +151,13 @@ class Worker:
             queue=self._queue,
             note_due=self._note_due,
         )
+
+    def _episode(self, what: str) -> Episode:
+        return Episode(log, what, on_failure=self._count_failure)
+
+    def _count_failure(self, e: BaseException) -> None:
+        if is_oom(e):
+            self.metrics.redis_full += 1
 
     @property
     def redis(self) -> RedisClient:
@@ -348,6 +364,8 @@ class Worker:
                 db=t.db,
                 username=t.username,
                 password=t.password,
+                connect_timeout=t.connect_timeout,
+                timeout=t.timeout,
                 ssl=t.endpoint.ssl,  # TLS and unix sockets as the seed has them
                 path=t.endpoint.path if addr == (t.host, t.port) else None,
             )
@@ -501,8 +519,9 @@ class Worker:
                     found.add(as_text(stream))
                     got += len(entries)
         self._reserved -= share - got
+        if not failed:
+            self.last_read = time.monotonic()  # an answered read, empty or not
         if got:
-            self.last_read = time.monotonic()
             self._read_backoff = 0.05
         try:
             for resp in replies:
@@ -518,15 +537,19 @@ class Worker:
         """A blocking read of one slot's streams: how many messages it brought
         (-1: it failed). What exceeds the free slots on arrival is parked."""
         try:
-            resp: Any = await conn.execute(*self._xread(count, streams, block_ms=1000))
+            resp: Any = await conn.execute(
+                *self._xread(count, streams, block_ms=int(BLOCK * 1000)),
+                timeout=BLOCK + READ_GRACE,
+            )
         except (ResponseError, *REDIS_ERRORS) as e:
             await self._read_failed(e)
             return -1
         self._read_backoff = 0.05
+        # an empty blocking read is a read: the worker listens (worker --health)
+        self.last_read = time.monotonic()
         got = 0
         for stream, entries in resp or ():
             got += len(entries)
-            self.last_read = time.monotonic()
             await self._take(as_text(stream), entries)
         return got
 
@@ -668,11 +691,8 @@ class Worker:
         if not msgs:
             return
         # messages count against concurrency from the moment they are read
-        try:
-            res = await SCRIPTS.call(self.fast, "claim", stream, *args)
-        except REDIS_ERRORS as e:
-            # not acked: they stay pending and are reclaimed after the visibility timeout
-            log.warning("claim failed (%s); %d messages left for redelivery", e, len(msgs))
+        res = await self._claim(stream, args, msgs, reclaimed=reclaimed)
+        if res is None:
             return
         other: dict[str, int] = {}
         limited: list[Msg] = []
@@ -696,14 +716,58 @@ class Worker:
                 else:
                     self._launch(m, now)
             elif code == b"dead":
-                log.error("message %s (%s %s) dead-lettered", m.id, m.uid, m.addr)
-                if r[1] == b"failed":
+                ended = r[1] == b"failed"
+                log.warning(
+                    "dead letter: vertex %s of run %s, message %s, delivered more than "
+                    "max_deliveries=%d times%s",
+                    m.addr,
+                    m.rid,
+                    m.id.decode(),
+                    self.settings.max_deliveries,
+                    ": the run failed" if ended else "",
+                    extra={"flow": flow.name, "run_id": str(m.rid), "vertex": m.addr},
+                )
+                if ended:
                     self.metrics.dead_lettered(m)
         if other:
             self.versions.parked(stream, other)
         if limited:  # global concurrency and rate limits: start now, or wait parked
             for m in await self.limits.admit(limited):
                 self._launch(m, now)
+
+    async def _claim(
+        self, stream: str, args: list[Any], msgs: list[Any], *, reclaimed: bool
+    ) -> Any:
+        """The claim script's answer for ``msgs``, or None when Redis would not run it.
+
+        Redis full: the claim is refused whole and retried until memory returns,
+        the messages' leases renewed meanwhile (the lease script runs at maxmemory),
+        so they are neither redelivered nor counted towards max_deliveries. Redis
+        away: retried for a while, then left pending for the reclaim. A reclaimed
+        batch is never held (the housekeeping that reclaims it must go on)."""
+        ids = [m.id if isinstance(m, Msg) else m for m in msgs]
+        started = time.monotonic()
+        give_up = self.settings.visibility_timeout / 2
+        while True:
+            try:
+                res = await SCRIPTS.call(self.fast, "claim", stream, *args)
+            except TRANSIENT as e:
+                pause = self._claiming.failed(e)
+                if (
+                    reclaimed
+                    or self._stopping.is_set()
+                    or (not is_oom(e) and time.monotonic() - started + pause > give_up)
+                ):
+                    # not acked: pending, reclaimed after the visibility timeout
+                    log.info("%d messages on %s left for redelivery (%s)", len(msgs), stream, e)
+                    return None
+                await asyncio.sleep(pause)
+                if is_oom(e):
+                    with contextlib.suppress(*TRANSIENT):
+                        await SCRIPTS.call(self.fast, "lease", stream, self.consumer, *ids)
+                continue
+            self._claiming.ok()
+            return res
 
     def _launch(self, m: Msg, now: float) -> None:
         self.metrics.started(m, now)
@@ -747,7 +811,6 @@ class Worker:
             self._flushing = False
 
     async def _flush_all(self) -> None:
-        backoff = 0.05
         while self._done:
             batch, self._done = self._done, []
             by_stream: dict[str, list[tuple[Msg, list[Any]]]] = {}
@@ -760,28 +823,54 @@ class Worker:
                     results = await asyncio.gather(
                         *(self._apply(s, items) for s, items in by_stream.items())
                     )
-            except REDIS_ERRORS as e:
-                # completions are idempotent and fenced: apply them again later
+            except TRANSIENT as e:
+                # completions are idempotent and fenced, and a refused script applied
+                # nothing (Redis full): apply them again later
                 self._done[:0] = batch
-                log.warning("completion failed (%s); retrying in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(self._completing.failed(e))
                 continue
+            self._completing.ok()
             for items, res in zip(by_stream.values(), results, strict=True):
-                for (m, _), r in zip(items, res, strict=True):
+                for (m, rec), r in zip(items, res, strict=True):
                     if r == b"fenced":
                         self.fenced += 1
                         log.warning(
-                            "completion of %s %s refused: no longer pending for this worker "
-                            "(reclaimed by another, or applied by an earlier attempt)",
-                            m.uid,
+                            "completion of vertex %s of run %s refused: no longer pending for "
+                            "this worker (reclaimed by another, or applied by an earlier attempt)",
                             m.addr,
+                            m.rid,
                         )
                     elif r != b"dup":  # ok, or it ended the run
                         self.completed += 1
+                        if r == b"failed":
+                            self._log_failure(m, rec)
                     self.metrics.done(m, r)
                     self.limits.done(m, fenced=r == b"fenced")
                     self._release(m)
+
+    def _log_failure(self, m: Msg, rec: list[Any]) -> None:
+        """Log a run that this completion failed, with what failed it."""
+        err: dict[str, Any] = {}
+        ops = rec[8:]
+        for j in range(0, len(ops) - 3, 4):
+            if ops[j] == "X":
+                with contextlib.suppress(Exception):
+                    err = codec.loads(ops[j + 1])
+                break
+        log.warning(
+            "run %s failed: vertex %s raised %s: %s (attempt %s)",
+            m.rid,
+            err.get("vertex", m.addr),
+            err.get("type", "?"),
+            err.get("message", ""),
+            err.get("attempts", m.attempt),
+            extra={
+                "flow": m.flow.name,
+                "run_id": str(m.rid),
+                "vertex": err.get("vertex", m.addr),
+                "attempt": m.attempt,
+            },
+        )
 
     async def _apply(self, stream: str, items: list[tuple[Msg, list[Any]]]) -> Any:
         args: list[Any] = [self.consumer, repr(self.clock()), self.ttl_ms]
@@ -824,9 +913,11 @@ class Worker:
                     moved, score = await SCRIPTS.call(
                         self.fast, "move", stream, int(now * 1000), 500
                     )
-                except REDIS_ERRORS:
+                except TRANSIENT as e:
+                    self._moving.failed(e)
                     nxt = now + 0.5
                     continue
+                self._moving.ok()
                 s = float(score)
                 if s >= 0 and (nxt == 0 or s / 1000 < nxt):
                     nxt = s / 1000
@@ -839,23 +930,29 @@ class Worker:
         while not self._stopping.is_set():
             await asyncio.sleep(every)
             # each duty on its own: a failed heartbeat must not skip the lease renewal
-            await self._duty(self._heartbeat)
-            await self._duty(self._cancel_stopped)
-            await self._duty(self._extend_leases)
-            await self._duty(lambda: self._reclaim(int(vt * 1000)))
+            await self._duty("heartbeat", self._heartbeat)
+            await self._duty("stopped runs", self._cancel_stopped)
+            await self._duty("lease renewal", self._extend_leases)
+            self._drop_lost_leases()
+            if not self._claiming.active:  # a claim refused now would be refused again
+                await self._duty("reclaim", lambda: self._reclaim(int(vt * 1000)))
             slow = time.monotonic() - last_trim > 5.0
-            await self._duty(functools.partial(self.versions.tick, slow=slow))
+            await self._duty("versions", functools.partial(self.versions.tick, slow=slow))
             if slow:
                 last_trim = time.monotonic()
-                await self._duty(self._trim)
-                await self._duty(self._prune_index)
-                await self._duty(self._prune_heartbeats)
+                await self._duty("trim", self._trim)
+                await self._duty("index pruning", self._prune_index)
+                await self._duty("heartbeat pruning", self._prune_heartbeats)
 
-    async def _duty(self, fn: Callable[[], Any]) -> None:
+    async def _duty(self, name: str, fn: Callable[[], Any]) -> None:
+        episode = self._duties.get(name)
+        if episode is None:
+            episode = self._duties[name] = self._episode(f"worker housekeeping ({name})")
         try:
             await fn()
-        except REDIS_ERRORS:
-            pass  # Redis away: the next pass tries again
+            episode.ok()
+        except TRANSIENT as e:
+            episode.failed(e)  # Redis away or full: the next pass tries again
         except Exception:
             # redis-py's RedisCluster can raise RuntimeError on a connection a failover
             # closed under it; a housekeeping duty must never die of it
@@ -871,6 +968,8 @@ class Worker:
             "pid": os.getpid(),
             "last_read": time.time() - (time.monotonic() - self.last_read),
             "inflight": len(self._inflight),
+            "concurrency": self.settings.concurrency,
+            "window": health_window(self.settings),  # what --health judges it by
             "beat": time.time(),
             "completed": self.completed,
             "versions": self.versions.served,
@@ -918,7 +1017,7 @@ class Worker:
                 self._on_control(f"stop {flow}.{part}.{uid}")
 
     async def _extend_leases(self) -> None:
-        await self.limits.renew()
+        began = time.monotonic()
         by_stream: dict[str, list[bytes]] = {}
         for m, _ in self._inflight.values():
             by_stream.setdefault(m.stream, []).append(m.id)
@@ -929,12 +1028,41 @@ class Worker:
             for mid in lost:
                 self._parked.pop((stream, mid), None)  # another worker has it now
                 item = self._inflight.get((stream, mid))
-                if item is not None:
-                    log.warning(
-                        "no lease on %s (%s): acked already or reclaimed by another",
-                        mid,
-                        item[0].addr,
-                    )
+                if item is not None and not item[1].done():
+                    # reclaimed by another worker, which runs it now
+                    self._lose_lease(item[0], item[1], "reclaimed by another worker")
+        self._last_renewal = began
+        await self.limits.renew()
+
+    def _drop_lost_leases(self) -> None:
+        """Cancel the nodes whose leases could not be renewed for longer than the
+        visibility timeout: another worker may have reclaimed and started them."""
+        unrenewed = time.monotonic() - self._last_renewal
+        if unrenewed <= self.settings.visibility_timeout:
+            return
+        for m, task in list(self._inflight.values()):
+            if not task.done() and m.cancelled is None:
+                self._lose_lease(m, task, f"lease not renewed for {unrenewed:.0f} s")
+        self._parked.clear()  # ours no longer: the reclaim hands them to someone
+
+    def _lose_lease(self, m: Msg, task: asyncio.Task[None], why: str) -> None:
+        log.warning(
+            "cancelling vertex %s of run %s: %s (visibility_timeout=%g s)",
+            m.addr,
+            m.rid,
+            why,
+            self.settings.visibility_timeout,
+            extra={"flow": m.flow.name, "run_id": str(m.rid), "vertex": m.addr},
+        )
+        self.lease_lost += 1
+        self.metrics.lease_lost(m)
+        m.cancelled = "lease_lost"
+        task.cancel()
+        task.add_done_callback(lambda _: self._lease_dropped(m))
+
+    def _lease_dropped(self, m: Msg) -> None:
+        self.limits.done(m, fenced=True)
+        self._release(m)
 
     async def _reclaim(self, min_idle_ms: int) -> None:
         for stream in self._stream_list:
@@ -953,18 +1081,29 @@ class Worker:
     async def _control_loop(self) -> None:
         while not self._stopping.is_set():
             ps = self.redis.pubsub()
+            # a quiet channel is pinged: a link that stays silent (stalled without a
+            # reset) is dropped and subscribed again instead of staying deaf
+            quiet = max(0.5, self.settings.redis_timeout / 2)
             try:
                 await ps.subscribe(keys.CONTROL)
+                heard = time.monotonic()
                 while not self._stopping.is_set():
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg and msg["type"] == "message":
-                        self._on_control(msg["data"].decode())
+                    msg = await ps.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if msg is not None:
+                        heard = now
+                        if msg["type"] == "message":
+                            self._on_control(msg["data"].decode())
+                    elif now - heard > quiet + self.settings.redis_timeout:
+                        raise TimeoutError(f"control channel silent for {now - heard:.0f} s")
+                    elif now - heard > quiet:
+                        await ps.ping()
             except Exception as e:  # Redis away, or redis-py's cluster pub/sub failing
                 log.debug("control channel lost (%r); subscribing again", e)
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await ps.aclose()  # type: ignore[no-untyped-call]
+                    await ps.aclose()
 
     def _on_control(self, text: str) -> None:
         action, _, run_id = text.partition(" ")

@@ -272,7 +272,7 @@ class DoneCounter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.ps.aclose()  # type: ignore[no-untyped-call]
+        await self.ps.aclose()
         await self.redis.aclose()
 
     async def _read(self) -> None:

@@ -109,7 +109,7 @@ async def test_stalled_worker_late_completion_is_fenced(
             w1.signal(signal.SIGCONT)
 
         # w1 wakes up, finishes its copy of "slow" and tries to complete it: refused
-        refused = re.compile(rf"completion of \S+ slow {REFUSED}")
+        refused = re.compile(rf"completion of vertex slow of run \S+ {REFUSED}")
         await wait_until(lambda: refused.search(w1.log()) is not None, timeout=10, what="refusal")
         assert w1.running and w2.running
 

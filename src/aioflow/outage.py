@@ -1,0 +1,81 @@
+"""Redis refusing or not answering, as a worker's loops see it: one warning when an
+episode starts and one line when it ends, instead of a warning (or a traceback)
+per attempt, and the backoff between attempts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import OutOfMemoryError
+
+from .engine import REDIS_ERRORS, is_oom
+
+# What a worker's loop retries after a pause: Redis unreachable or stalled, or
+# refusing writes at maxmemory (a refused script applied nothing: scripts.py). The
+# lean connections raise OOM replies as redis-py does, as OutOfMemoryError.
+TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_ERRORS, OutOfMemoryError)
+
+
+class Episode:
+    """Logs ``what`` failing once per episode (the first failure, at WARNING) and its
+    end (at INFO, with how long it lasted and how many attempts failed), and keeps
+    the backoff: :meth:`failed` answers how long to wait before the next attempt."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        *,
+        first: float = 0.05,
+        cap: float = 2.0,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._log = log
+        self._on_failure = on_failure
+        self.what = what
+        self._first = first
+        self._cap = cap
+        self.backoff = first
+        self.since: float | None = None
+        self.failures = 0
+        self.episodes = 0
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def failed(self, exc: BaseException, **extra: Any) -> float:
+        """Count a failure (warn if it starts an episode); answers the pause to take."""
+        self.failures += 1
+        if self._on_failure is not None:
+            self._on_failure(exc)
+        if self.since is None:
+            self.since = time.monotonic()
+            self.episodes += 1
+            cause = "Redis is full (maxmemory)" if is_oom(exc) else "Redis unavailable"
+            self._log.warning(
+                "%s failed: %s (%s); retrying with backoff, logged again when it recovers",
+                self.what,
+                cause,
+                exc,
+                extra=extra or None,
+            )
+        pause = self.backoff
+        self.backoff = min(self.backoff * 2, self._cap)
+        return pause
+
+    def ok(self) -> None:
+        """The call succeeded: end the episode, if one was going on."""
+        if self.since is not None:
+            self._log.info(
+                "%s works again after %.1f s (%d failed attempts)",
+                self.what,
+                time.monotonic() - self.since,
+                self.failures,
+            )
+            self.since = None
+            self.failures = 0
+        self.backoff = self._first
