@@ -139,7 +139,8 @@ async def test_dev_runs_hello_and_cleans_up(tmp_path: Path, data_dir: Path) -> N
 def test_own_redis_cluster_starts_and_writes_its_url(tmp_path: Path, data_dir: Path) -> None:
     """What ``aioflow dev --cluster 3`` starts before serving: a 3-master cluster with its
     data (AOF) under --data-dir/cluster, its URL in --data-dir/redis.url."""
-    own = _own_redis(str(data_dir), cluster=3)
+    running = _own_redis(str(data_dir), cluster=3)
+    own = running.server
     try:
         assert isinstance(own, LocalCluster)
         url = (data_dir / "redis.url").read_text().strip()
@@ -153,7 +154,7 @@ def test_own_redis_cluster_starts_and_writes_its_url(tmp_path: Path, data_dir: P
             f"node-{s.port}" for s in own.nodes
         )
     finally:
-        own.stop()
+        running.stop()
     assert not _redis_pids(data_dir)
 
 
@@ -162,7 +163,7 @@ async def test_dev_cluster_needs_no_url_and_replicas_need_cluster(data_dir: Path
     code, _, err = await run_aioflow(*dev, "--replicas", "1")
     assert code == 2 and "--replicas needs --cluster" in err, err
     code, _, err = await run_aioflow(*dev, "--cluster", "3", "--redis-url", "redis://127.0.0.1:1")
-    assert code == 2 and "drop --redis-url" in err, err
+    assert code == 2 and "drop --url" in err, err
 
 
 async def test_dev_cluster_runs_hello_and_cleans_up(tmp_path: Path, data_dir: Path) -> None:

@@ -16,7 +16,9 @@ session so that a Ctrl-C in the terminal reaches the parent, which then stops it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -27,10 +29,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["DirLock", "DirLocked", "RedisServer", "find_redis_server", "free_port", "stop_orphan"]
 
 _HOST = "127.0.0.1"
 _APPENDFSYNC = ("always", "everysec", "no")
@@ -356,3 +359,105 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class DirLocked(ConfigError):
+    """A live process holds the :class:`DirLock`; ``note`` is what it wrote in it."""
+
+    def __init__(self, path: Path, note: dict[str, Any]) -> None:
+        super().__init__(f"{path} is locked by pid {note.get('pid', '?')}")
+        self.path = path
+        self.note = note
+
+
+class DirLock:
+    """An exclusive lock on a file in a data directory (``fcntl.flock``), held until
+    :meth:`release` or the end of the process. The kernel drops it when its holder
+    dies, SIGKILL included, so a lock left by a killed process is simply taken over.
+    The holder keeps a JSON note in the file (its pid, what it started) for the
+    next one to read."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> dict[str, Any]:
+        """Take the lock and answer the note of the previous holder ({} if none):
+        it is gone, and what it started may still run. Raises :class:`DirLocked`
+        with the holder's note when a live process holds the lock."""
+        if self._fd is not None:
+            raise ConfigError(f"{self.path} is already locked by this process")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note = self._read(fd)
+            os.close(fd)
+            raise DirLocked(self.path, note) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self._read(fd)
+
+    def write(self, **note: Any) -> None:
+        """Replace the note in the lock file (the lock must be held)."""
+        if self._fd is None:
+            raise ConfigError(f"{self.path} is not locked by this process")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(note).encode() + b"\n", 0)
+
+    def release(self) -> None:
+        """Empty the note and let the lock go; idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor drops the flock
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any]:
+        raw = os.pread(fd, 65536, 0)
+        try:
+            note = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return {}
+        return note if isinstance(note, dict) else {}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie has exited: only its parent (init, for an orphan) has yet to reap it
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def stop_orphan(pid: int, port: int, timeout: float = 10.0) -> bool:
+    """Stop a redis-server that a dead process left running: SIGTERM (so it writes
+    its AOF out), SIGKILL after ``timeout``. Only when the server answering on
+    ``port`` reports ``pid`` as its own, so a reused pid or port is never touched.
+    Answers whether it stopped one; raises ConfigError if even SIGKILL fails."""
+    try:
+        reply, answered = _probe(port, timeout=1.0)
+    except (OSError, ValueError):
+        return False
+    if not reply.startswith(b"+PONG") or answered != pid:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _gone(pid):
+                return True
+            time.sleep(_POLL_INTERVAL)
+    raise ConfigError(f"redis-server pid {pid} on port {port} does not exit")
