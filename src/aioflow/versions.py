@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, keys
@@ -505,8 +505,8 @@ class WorkerVersions:
         """One housekeeping pass: mark versions seen, adopt ours, fail dead ones."""
         try:
             await self._tick(slow)
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            raise  # the housekeeping loop waits for Redis
+        except (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError):
+            raise  # the housekeeping loop waits for Redis (away, or full)
         except Exception:  # never let it end the worker's housekeeping
             log.exception("version housekeeping failed")
 
