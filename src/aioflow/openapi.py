@@ -10,6 +10,9 @@ from typing import Any
 from . import codec
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+RUN_KEY = r"^[A-Za-z0-9_-]{1,64}$"
+# a full run id <flow>.<partition>.<key>, or the key alone (the id its caller chose)
+RUN_REF = r"^([a-z0-9][a-z0-9_-]{0,63}\.[0-9]{1,4}\.)?[A-Za-z0-9_-]{1,64}$"
 
 Security = list[dict[str, list[str]]]
 _READ: Security = [{"bearer": []}]
@@ -49,7 +52,14 @@ def _guarded(responses: dict[str, Any], security: list[dict[str, list[str]]]) ->
             "unauthorized",
         )
         out["403"] = _error("The bearer token's scope is too weak", "forbidden")
-    out.setdefault("503", _error("Redis is unavailable", "redis_unavailable"))
+    out.setdefault(
+        "503",
+        _error(
+            "Redis is unavailable, or full (at maxmemory it refuses writes)",
+            "redis_unavailable",
+            "redis_full",
+        ),
+    )
     return out
 
 
@@ -93,7 +103,12 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 
 _FLOW = _path("name", "Flow name", NAME, maxLength=64)
-_RUN_ID = _path("run_id", "Run id as returned by POST /flow/{name}", maxLength=200)
+_RUN_ID = _path(
+    "run_id",
+    "The run id POST /flow/{name} answered, or the X-Run-Id its caller chose",
+    RUN_REF,
+    maxLength=134,
+)
 _BAD_ID = _error("Malformed flow name or run id", "invalid_id")
 _UNKNOWN = _error("No such flow or run", "unknown_flow", "run_not_found")
 
@@ -151,6 +166,18 @@ _SCHEMAS: dict[str, Any] = {
             "error": _ref("RunError"),
             "callback": {"type": "object"},
             "hook_errors": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["ok", "redis"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "redis": {
+                "description": "true: answers; false: does not; full: refuses writes",
+                "enum": [True, False, "full"],
+            },
+            "detail": {"type": "string"},
         },
     },
     "Status": {
@@ -221,8 +248,11 @@ def build() -> dict[str, Any]:
             "get": _op(
                 "Whether the gateway reaches Redis",
                 {
-                    "200": _json("Redis answers", {"type": "object"}),
-                    "503": _json("Redis does not answer", {"type": "object"}),
+                    "200": _json("Redis answers", _ref("Health")),
+                    "503": _json(
+                        'Redis does not answer ("redis": false) or is full ("redis": "full")',
+                        _ref("Health"),
+                    ),
                 },
                 security=_OPEN,
                 op_id="healthz",
@@ -278,10 +308,16 @@ def build() -> dict[str, Any]:
                             },
                         },
                     ),
-                    "400": _error("limit is not an integer", "bad_request"),
+                    "400": _error("limit is not an integer from 1 to 1000", "invalid_limit"),
                 },
                 security=_READ,
-                parameters=[_query("limit", "At most this many (1-1000)", {"type": "integer"})],
+                parameters=[
+                    _query(
+                        "limit",
+                        "At most this many per partition (default 100)",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                    )
+                ],
                 op_id="deadLetters",
             )
         },
@@ -328,9 +364,12 @@ def build() -> dict[str, Any]:
                         **{"X-Run-Id": {"schema": {"type": "string"}}},
                     ),
                     "400": _error(
-                        "Malformed body, wait, run id or callback URL",
-                        "bad_request",
+                        "Malformed or empty JSON body, bad wait, run id, priority or callback URL",
+                        "invalid_json",
+                        "empty_body",
+                        "invalid_wait",
                         "invalid_id",
+                        "invalid_priority",
                         "invalid_callback_url",
                     ),
                     "404": _error("Unknown flow", "unknown_flow"),
@@ -345,13 +384,17 @@ def build() -> dict[str, Any]:
                 security=_RUN,
                 parameters=[
                     _FLOW,
-                    _query("wait", "Seconds to wait for the result (0-300)", {"type": "number"}),
+                    _query(
+                        "wait",
+                        "Seconds to wait for the result: finite, >= 0; above 300 waits 300",
+                        {"type": "number", "minimum": 0},
+                    ),
                     {
                         "name": "X-Run-Id",
                         "in": "header",
                         "required": False,
                         "description": "Caller-chosen run key: the same key is the same run",
-                        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$"},
+                        "schema": {"type": "string", "pattern": RUN_KEY},
                     },
                     {
                         "name": "X-Callback-Url",
@@ -363,7 +406,8 @@ def build() -> dict[str, Any]:
                 ],
                 body={
                     "required": False,
-                    "description": "The run's input: JSON parsed, anything else as bytes. "
+                    "description": "The run's input: JSON parsed (an empty JSON body is "
+                    "400 empty_body: send null for no input), anything else as bytes. "
                     "Other query parameters become ctx.options.",
                     "content": {
                         "application/json": {"schema": {}},
@@ -388,8 +432,11 @@ def build() -> dict[str, Any]:
                         },
                     ),
                     "400": _error(
-                        "Malformed body, or an invalid item: nothing was submitted",
-                        "bad_request",
+                        "Malformed or empty body, bad flow name, or an invalid item: nothing "
+                        "was submitted",
+                        "invalid_json",
+                        "empty_body",
+                        "invalid_id",
                         "invalid_batch",
                     ),
                     "404": _error("Unknown flow", "unknown_flow"),
@@ -400,8 +447,10 @@ def build() -> dict[str, Any]:
                     ),
                     "415": _error("The body is not application/json", "unsupported_media_type"),
                     "503": _error(
-                        "Redis unavailable; batch_incomplete lists the ids submitted and unknown",
+                        "Redis unavailable or full; batch_incomplete lists the ids submitted "
+                        "and unknown",
                         "redis_unavailable",
+                        "redis_full",
                         "batch_incomplete",
                     ),
                 },
@@ -425,7 +474,7 @@ def build() -> dict[str, Any]:
                                                 "type": "array",
                                                 "items": {
                                                     "type": ["string", "null"],
-                                                    "pattern": r"^[A-Za-z0-9_-]{1,64}$",
+                                                    "pattern": RUN_KEY,
                                                 },
                                             },
                                         },
@@ -453,15 +502,23 @@ def build() -> dict[str, Any]:
                         },
                     ),
                     "400": _error(
-                        "Bad status, limit or cursor", "bad_request", "invalid_cursor", "invalid_id"
+                        "Bad status, limit or cursor",
+                        "invalid_status",
+                        "invalid_limit",
+                        "invalid_cursor",
+                        "invalid_id",
                     ),
                     "404": _error("Unknown flow", "unknown_flow"),
                 },
                 security=_READ,
                 parameters=[
                     _FLOW,
-                    _query("status", "Only runs in this status", _ref("Status")),
-                    _query("limit", "Page size", {"type": "integer"}),
+                    _query("status", "Only runs in this status (absent: all)", _ref("Status")),
+                    _query(
+                        "limit",
+                        "Page size (default 20)",
+                        {"type": "integer", "minimum": 1, "maximum": 500},
+                    ),
                     _query("cursor", "next_cursor of the previous page", {"type": "string"}),
                 ],
                 op_id="listRuns",
