@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -104,3 +105,69 @@ def test_to_json_bytes() -> None:
     assert orjson.loads(codec.to_json_bytes(codec.encode({"a": [1]}))) == {"a": [1]}
     assert orjson.loads(codec.to_json_bytes(codec.encode(b"hi"))) == {"$bytes": "aGk="}
     assert orjson.loads(codec.to_json_bytes(codec.encode(None))) is None
+
+
+# -- NaN and infinities: JSON has none, orjson would write null ---------------------------
+
+
+@dataclasses.dataclass
+class Reading:
+    sensor: str
+    values: list[float]
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (NAN, "value is nan"),
+        (INF, "value is inf"),
+        ([1.0, -INF], r"value\[1\] is -inf"),
+        ({"a": [1, {"b": NAN}], "c": None}, r"value\['a'\]\[1\]\['b'\] is nan"),
+        ((None, (INF,)), r"value\[1\]\[0\] is inf"),
+        ({"r": Reading("s1", [0.5, NAN])}, r"value\['r'\]\.values\[1\] is nan"),
+        ({"k": {NAN: 1}}, r"a key of value\['k'\] is nan"),
+        ({"s": {1.0, INF}}, r"an item of value\['s'\] is inf"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_where(value: Any, where: str) -> None:
+    with pytest.raises(ValueError, match=f"^{where}, which JSON cannot hold") as info:
+        codec.encode(value)
+    assert "use None or a string" in str(info.value)
+    with pytest.raises(ValueError, match=f"^{where.replace('value', 'body', 1)}"):
+        codec.dumps_finite(value, "body")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        {"a": None, "b": [None, 1.5, -0.0, 1e308]},
+        (None, 2.5),  # read back as a list: walked, nothing found
+        {1: None, 2.5: "x"},  # non-string keys: walked too
+        {"text": "null, nullable, NaN, Infinity", "n": None},
+        Reading("s2", [1.0, 2.0]),
+        {"blob": b"null", "x": None},
+    ],
+)
+def test_finite_values_with_nulls_still_encode(value: Any) -> None:
+    stored = codec.encode(value)
+    assert stored == b"j" + codec.dumps(value)
+
+
+def test_the_scan_runs_only_when_the_json_holds_a_null(monkeypatch: pytest.MonkeyPatch) -> None:
+    walked: list[Any] = []
+    real = codec.check_finite
+
+    def spy(value: Any, what: str = "value") -> None:
+        walked.append(value)
+        real(value, what)
+
+    monkeypatch.setattr(codec, "check_finite", spy)
+    codec.encode({"a": [1, 2.5, "x"], "b": (1, 2)})  # no null: not even read back
+    codec.encode({"a": None, "b": [1.5]})  # reads back equal: no walk
+    assert walked == []
+    codec.encode((1, None))  # reads back as a list: walked
+    assert walked == [(1, None)]

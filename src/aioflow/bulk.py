@@ -36,8 +36,8 @@ def _prepare(
     encoded: list[bytes] = []
     for i, data in enumerate(inputs):
         try:
-            encoded.append(codec.encode(data))
-        except TypeError as e:  # orjson.JSONEncodeError is a TypeError
+            encoded.append(codec.encode(data, "input"))
+        except (TypeError, ValueError) as e:  # not serialisable; NaN or infinity
             raise InvalidBatch(f"item {i}: {e}", index=i) from None
         if max_value is not None and len(encoded[-1]) > max_value:
             raise InvalidBatch(

@@ -130,7 +130,7 @@ class HttpClient:
             if isinstance(body[0], bytes):
                 data, hdrs["Content-Type"] = body[0], "application/octet-stream"
             else:
-                data, hdrs["Content-Type"] = codec.dumps(body[0]), "application/json"
+                data, hdrs["Content-Type"] = codec.dumps_finite(body[0], "body"), "application/json"
         try:
             async with self._session.request(
                 method,

@@ -111,8 +111,8 @@ class Schedule:
         if self.catch_up < 0:
             raise DefinitionError(f"{what}: catch_up must be >= 0, got {self.catch_up}")
         try:
-            codec.dumps(self.data)
-        except TypeError as e:
+            codec.encode(self.data, "data")
+        except (TypeError, ValueError) as e:  # orjson's JSONEncodeError is a TypeError
             raise DefinitionError(f"{what}: data must be JSON-serialisable ({e})") from None
 
     def next_after(self, after_ms: int) -> int:
