@@ -18,12 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 import aioflow
-from aioflow import codec
+from aioflow import codec, health
 from aioflow.app import connect
 from aioflow.errors import ConfigError
 from aioflow.gateway import create_app
 from aioflow.worker import check_server
 from tests.engine_helpers import running
+from tests.faultproxy import FaultProxy
 from tests.helpers import RedisFactory, run_aioflow, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,3 +264,108 @@ async def test_worker_prepares_on_a_noeviction_redis(redis_url: str, redis: Redi
     w = aioflow.Worker([make_flow()], redis, settings=aioflow.Settings(redis_url=redis_url))
     await w.prepare()
     assert await redis.hexists("af:flows", "probe")
+
+
+# -- the health rule ----------------------------------------------------------------------
+
+
+def test_health_window_covers_a_blocking_read_and_slow_housekeeping() -> None:
+    s = aioflow.Settings(visibility_timeout=30.0, redis_timeout=10.0)
+    # beats every 5 s; two Redis timeouts (20 s) is longer; plus a 1 s read and 3 s grace
+    assert health.window(s) == 24.0
+    assert health.window(aioflow.Settings(visibility_timeout=0.3, redis_timeout=0.5)) == 5.0
+
+
+def test_health_judge() -> None:
+    now = 1000.0
+    base = {"beat": now - 1, "last_read": now - 1, "inflight": 0, "concurrency": 4, "window": 5}
+    assert health.judge(base, now, 99.0) == (True, "")
+    # idle: an empty read came back lately
+    assert health.judge({**base, "inflight": 0}, now, 99.0)[0] is True
+    # reads stuck while the heartbeat goes on
+    ok, why = health.judge({**base, "last_read": now - 6}, now, 99.0)
+    assert not ok and "no read came back" in why
+    # ... unless every slot is busy: a full worker reads nothing
+    assert health.judge({**base, "last_read": now - 60, "inflight": 4}, now, 99.0)[0] is True
+    # no heartbeat within the window
+    ok, why = health.judge({**base, "beat": now - 6}, now, 99.0)
+    assert not ok and "no heartbeat" in why
+    # an old heartbeat without a window of its own is judged by the prober's
+    old = {k: v for k, v in base.items() if k != "window"}
+    assert health.judge({**old, "beat": now - 6}, now, 10.0)[0] is True
+
+
+async def test_health_cli_healthy_for_a_worker_idle_past_the_window(
+    redis_url: str, redis: Redis
+) -> None:
+    """A live worker that has had nothing to do for longer than the window is healthy:
+    its empty blocking reads are reads."""
+    settings: dict[str, Any] = {"visibility_timeout": 0.3, "redis_timeout": 0.5}
+    win = health.window(aioflow.Settings(**settings))
+    async with running([make_flow()], redis_url, **settings) as stack:
+        name = stack.workers[0].consumer
+        started = time.time()
+
+        async def idle_past_the_window() -> bool:
+            raw: Any = await redis.hget(WORKERS, name)
+            return raw is not None and codec.loads(raw)["beat"] - started > win + 0.5
+
+        await wait_until(idle_past_the_window, timeout=win + 10, what="a beat past the window")
+        assert stack.workers[0].completed == 0  # idle all along
+        code, report, err = await _health(redis_url)
+        assert code == 0, (report, err)
+        mine = [w for w in report["workers"] if w["name"] == name]
+        assert mine and mine[0]["reading"] is True, report
+
+
+async def test_health_cli_unhealthy_when_the_worker_process_is_gone(
+    redis_url: str, redis: Redis
+) -> None:
+    """A fresh heartbeat is no proof when the process that wrote it has exited."""
+    proc = await asyncio.create_subprocess_exec("true")
+    await proc.wait()
+    now = time.time()
+    doc = {
+        "host": socket.gethostname(),
+        "pid": proc.pid,
+        "last_read": now,
+        "inflight": 0,
+        "concurrency": 10,
+        "beat": now,
+        "window": 60,
+        "completed": 0,
+    }
+    await redis.hset(WORKERS, "gone", codec.dumps(doc))
+    code, report, _ = await _health(redis_url)
+    assert code == 1, report
+    assert report["workers"][0]["why"] == f"process {proc.pid} is gone"
+
+
+async def test_health_cli_unhealthy_when_the_workers_link_stalls(
+    redis_url: str, redis: Redis
+) -> None:
+    """A worker whose connections stall (no reset) reads nothing and cannot beat: the
+    probe, over its own link, says unhealthy within the window."""
+    settings: dict[str, Any] = {"visibility_timeout": 0.3, "redis_timeout": 0.5}
+    win = health.window(aioflow.Settings(**settings))
+    async with FaultProxy.to(redis_url) as proxy:
+        async with running([make_flow()], proxy.url, **settings) as stack:
+            name = stack.workers[0].consumer
+
+            async def healthy() -> bool:
+                return (await _health(redis_url))[0] == 0
+
+            await wait_until(healthy, timeout=T, what="a healthy worker")
+            proxy.stall()
+            proxy.stall_new()
+            stalled_at = time.monotonic()
+
+            async def unhealthy() -> bool:
+                return (await _health(redis_url))[0] == 1
+
+            await wait_until(unhealthy, timeout=win + 10, what="the probe to notice")
+            assert time.monotonic() - stalled_at > win - 2  # not before the window
+            code, report, _ = await _health(redis_url)
+            mine = [w for w in report["workers"] if w["name"] == name]
+            assert mine and mine[0]["reading"] is False and "no heartbeat" in mine[0]["why"]
+            proxy.heal(flush=False)  # lets the worker stop quickly
