@@ -618,7 +618,7 @@ async function loadHealth() {
     const d = await api("GET", "/healthz");
     const up = !!(d && d.ok);
     fill(el, h("span", {class: "dot " + (up ? "up" : "down")}), up ? "healthy" : "unhealthy",
-      d && "redis" in d ? " · redis " + (d.redis ? "ok" : "down") : "");
+      d && "redis" in d ? " · redis " + (d.redis === "full" ? "full" : d.redis ? "ok" : "down") : "");
   } catch (e) { fill(el, h("span", {class: "dot down"}), "gateway unreachable"); }
 }
 function parseHash() {
