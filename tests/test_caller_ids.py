@@ -262,3 +262,43 @@ async def test_a_callers_id_is_found_after_the_partition_count_changed(redis_url
         assert str(await s.client.engine.run_id(other, "moves")) == expected("moves", other, 3)
         assert await s.client.submit("moves", 2, run_id=other) == expected("moves", other, 3)
         assert await s.client.result(other, timeout=T, flow="moves") == 2
+
+
+async def test_callers_ids_on_a_cluster_with_auto_partitions(cluster_url: str) -> None:
+    """On a cluster ``partitions="auto"`` gives the flow several partitions, on several
+    masters: a caller's id is found on whichever one holds it, through the client and
+    the gateway, and also when the flow's partition count changed."""
+    flow = aioflow.Flow("spread")
+
+    @flow.node
+    async def step(x: Any) -> Any:
+        return x
+
+    async with running([flow], cluster_url) as s, gateway(s, [flow]) as http:
+        parts = (await s.client.engine.pin("spread")).partitions
+        assert parts > 1
+        keys = [f"c-{i}" for i in range(8)]
+        for key in keys:
+            assert await s.client.submit("spread", key, run_id=key) == expected(
+                "spread", key, parts
+            )
+        assert len({expected("spread", k, parts).split(".")[1] for k in keys}) > 1
+        for key in keys:
+            assert await s.client.result(key, timeout=T, flow="spread") == key
+            doc = await _doc(await http.get(f"/flow/spread/run/{key}"))
+            assert doc["run_id"] == expected("spread", key, parts) and doc["result"] == key
+
+    key = _moving_key()
+    v2 = aioflow.Flow("moving", partitions=2)
+
+    @v2.node
+    async def same(x: Any) -> Any:
+        return x
+
+    async with aioflow.Client(cluster_url) as c:
+        rid = await c.submit(v2, 1, run_id=key)
+        v3 = aioflow.Flow("moving", partitions=3)
+        v3.node("same", same)
+        async with running([v3], cluster_url) as s:
+            # the pipeline of EXISTS spans partitions, hence slots and masters
+            assert (await s.client.state(key, flow="moving")).run_id == rid
