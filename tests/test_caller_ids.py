@@ -75,7 +75,7 @@ def test_parse_run_ref() -> None:
 
 
 async def test_client_methods_take_the_callers_id_with_the_flow(redis_url: str) -> None:
-    gate, failures = asyncio.Event(), {}
+    gate, failures = asyncio.Event(), dict[str, int]()
     held, flaky = make_flows(gate, failures)
     async with running([held, flaky], redis_url) as s:
         c = s.client
@@ -110,7 +110,7 @@ async def test_client_methods_take_the_callers_id_with_the_flow(redis_url: str) 
 
 
 async def test_a_callers_id_without_the_flow_or_of_nothing(redis_url: str) -> None:
-    gate, failures = asyncio.Event(), {}
+    gate, failures = asyncio.Event(), dict[str, int]()
     async with running(make_flows(gate, failures), redis_url) as s:
         c = s.client
         await c.submit("held", 1, run_id="order-42")
@@ -150,7 +150,7 @@ async def _doc(resp: Any, status: int = 200) -> Any:
 
 
 async def test_every_run_route_takes_the_callers_id(redis_url: str) -> None:
-    gate, failures = asyncio.Event(), {}
+    gate, failures = asyncio.Event(), dict[str, int]()
     flows = make_flows(gate, failures)
     async with running(flows, redis_url) as s, gateway(s, flows) as http:
         for key in KEYS:
@@ -199,7 +199,7 @@ async def _status(http: HttpClient, path: str, want: str) -> bool:
 
 
 async def test_the_http_client_takes_the_callers_id(redis_url: str) -> None:
-    gate, failures = asyncio.Event(), {}
+    gate, failures = asyncio.Event(), dict[str, int]()
     flows = make_flows(gate, failures)
     async with running(flows, redis_url) as s, gateway(s, flows) as http:
         base = str(http.server.make_url("")).rstrip("/")
