@@ -20,15 +20,16 @@ class _Reseed:
 
     A vertex with a stored output is done. A group that was opened is entered
     and its scopes reseeded; its scope counter is set to the scopes already
-    complete. Any other vertex whose parents are all done is enqueued again;
-    one still waiting for parents gets its counter set to the parents done.
+    complete, its status back to ``running``. Any other vertex whose parents are
+    all done (the one that failed, those the failure cancelled) is enqueued again,
+    status ``queued``; one still waiting for parents gets its counter set to the
+    parents done.
     """
 
     def __init__(self, h: dict[bytes, bytes]) -> None:
         self.h = h
         self.enqueue: list[tuple[str, str, bytes]] = []
         self.fields: dict[Any, Any] = {}
-        self.clear: list[str] = []
 
     def done(self, addr: str) -> bool:
         return f"o:{addr}".encode() in self.h
@@ -50,6 +51,7 @@ class _Reseed:
                     if self.scope(inner, sub, value):
                         complete += 1
                 self.fields[f"gc:{addr}"] = complete
+                self.fields[f"s:{addr}"] = "running"
                 if complete == len(keys):
                     self.enqueue.append((addr, "c", b""))
                 continue
@@ -66,7 +68,7 @@ class _Reseed:
                 data = b""
             self.enqueue.append((addr, "n", data))
             self.fields[f"a:{addr}"] = 0
-            self.clear.append(f"s:{addr}")
+            self.fields[f"s:{addr}"] = "queued"
         return self.done(scope + plan.exit)
 
 
@@ -94,7 +96,7 @@ async def rerun(
                 pipe.multi()  # type: ignore[no-untyped-call]
                 walk.fields["status"] = "running"
                 pipe.hset(rid.run, mapping=walk.fields)
-                pipe.hdel(rid.run, "err", "ended", "o:$final", *walk.clear)
+                pipe.hdel(rid.run, "err", "ended", "o:$final")
                 pipe.persist(rid.run)
                 for addr, kind, data in walk.enqueue:
                     fields: dict[Any, Any] = {"r": rid.key, "a": addr}

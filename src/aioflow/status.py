@@ -24,18 +24,56 @@ class Status(enum.StrEnum):
         return self in (Status.STOPPED, Status.COMPLETED, Status.FAILED)
 
 
+class VertexStatus(enum.StrEnum):
+    """Where one vertex of a run stands (a group's status covers its scopes).
+
+    Live: ``running``; ``parked`` (its run is paused: it starts on resume);
+    ``retrying`` (an attempt failed, the next one waits for its backoff); ``waiting``
+    (for a concurrency slot or a rate token); ``queued`` (enqueued again: handed back
+    by a draining worker, or by a retry of its run). Final: ``completed``, ``failed``,
+    and ``cancelled``: its run failed or was stopped before it finished, so it will not
+    run again unless the run is retried. A finished run has no live vertex. Vertices
+    a run never reached (untaken branch paths, items or children it never started)
+    are not listed at all, whatever the run's status."""
+
+    RUNNING = "running"
+    PARKED = "parked"
+    RETRYING = "retrying"
+    WAITING = "waiting"
+    QUEUED = "queued"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (VertexStatus.COMPLETED, VertexStatus.FAILED, VertexStatus.CANCELLED)
+
+    @classmethod
+    def _missing_(cls, value: object) -> VertexStatus | None:
+        # as stored by older versions: a vertex cancelled by a stop; one re-enqueued
+        # by a retry (its status cleared)
+        if value == "stopped":
+            return cls.CANCELLED
+        return cls.QUEUED if value == "" else None
+
+
 @dataclass
 class VertexState:
     """One vertex of a run. ``started`` and ``ended`` (unix seconds, worker clock) are
-    those of its last attempt (``ended`` is None while it runs); ``queued`` is when its
-    message was last enqueued (the stream entry's time, Redis clock, ms) and
-    ``queue_wait`` is ``started - queued``."""
+    those of its last attempt (``ended`` is None while it runs; for a vertex cancelled
+    while it ran, when its run ended); ``queued`` is when its message was last enqueued
+    (the stream entry's time, Redis clock, ms) and ``queue_wait`` is
+    ``started - queued``."""
 
-    status: str
+    status: VertexStatus
     attempts: int = 0
     started: float | None = None
     ended: float | None = None
     queued: float | None = None
+
+    def __post_init__(self) -> None:
+        self.status = VertexStatus(self.status)
 
     @property
     def queue_wait(self) -> float | None:
@@ -45,7 +83,7 @@ class VertexState:
 
     def to_doc(self) -> dict[str, Any]:
         return {
-            "status": self.status,
+            "status": self.status.value,
             "attempts": self.attempts,
             "started": self.started,
             "ended": self.ended,
@@ -105,23 +143,34 @@ def _f(raw: bytes | None) -> float | None:
 
 def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
     vertices: dict[str, VertexState] = {}
+
+    def vertex(k: bytes) -> VertexState:
+        addr = k[2:].decode()
+        vs = vertices.get(addr)
+        if vs is None:
+            # no status field: re-enqueued by a retry of an older version
+            vs = vertices[addr] = VertexState(VertexStatus.QUEUED)
+        return vs
+
     for k, v in h.items():
         if k[1:3] == b":$":  # internal vertices ($out, $final)
             continue
         if k.startswith(b"s:"):
-            vertices.setdefault(k[2:].decode(), VertexState("")).status = v.decode()
+            vertex(k).status = VertexStatus(v.decode())
         elif k.startswith(b"a:"):
-            vertices.setdefault(k[2:].decode(), VertexState("")).attempts = int(v)
+            vertex(k).attempts = int(v)
         elif k.startswith(b"t:"):  # "started queued_ms", set when an attempt starts
             started, _, queued = v.partition(b" ")
-            vs = vertices.setdefault(k[2:].decode(), VertexState(""))
+            vs = vertex(k)
             vs.started = float(started)
             vs.queued = int(queued) / 1000 if queued else None
         elif k.startswith(b"e:"):
-            vertices.setdefault(k[2:].decode(), VertexState("")).ended = float(v)
+            vertex(k).ended = float(v)
     for vs in vertices.values():
         # the end of an earlier attempt (or of a group's open) is not this attempt's
-        if vs.status == "running" or (vs.ended is not None and vs.ended < (vs.started or 0)):
+        if vs.status is VertexStatus.RUNNING or (
+            vs.ended is not None and vs.ended < (vs.started or 0)
+        ):
             vs.ended = None
     status = Status(h[b"status"].decode())
     err = h.get(b"err")

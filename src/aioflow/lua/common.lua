@@ -31,12 +31,45 @@ local function enqueue(run, uid, status, addr, kind, data, stream)
   end
 end
 
+-- Vertex statuses (s:<addr>) that are final; any other (running, parked, retrying,
+-- waiting, queued) is a vertex that would still run. 'stopped': runs of older versions.
+local VFINAL = {completed = true, failed = true, cancelled = true, stopped = true}
+
+-- A run that fails or stops ends every vertex it left unfinished, groups included:
+-- 'cancelled' (and 'e:' now for one that was running). Only on that path (a completed
+-- run has none left), so it costs the per-vertex path nothing. Chunked: Lua's unpack
+-- takes at most ~8000 values.
+local function cancel_rest(run, now)
+  local names = {}
+  for _, k in ipairs(redis.call('HKEYS', run)) do
+    if string.sub(k, 1, 2) == 's:' and k ~= 's:$final' then names[#names + 1] = k end
+  end
+  local f = {}
+  for c = 1, #names, 1000 do
+    local vals = redis.call('HMGET', run, unpack(names, c, math.min(c + 999, #names)))
+    for j = 1, #vals do
+      local v = vals[j]
+      if v and not VFINAL[v] then
+        local k = names[c + j - 1]
+        f[#f + 1] = k; f[#f + 1] = 'cancelled'
+        if v == 'running' then f[#f + 1] = 'e:' .. string.sub(k, 3); f[#f + 1] = now end
+      end
+    end
+  end
+  for c = 1, #f, 1000 do
+    redis.call('HSET', run, unpack(f, c, math.min(c + 999, #f)))
+  end
+end
+
 -- End a run: status completed|failed|stopped, store the result or error, expire
 -- every key of the run and wake up whoever waits for it. Callers that read them already
 -- pass the run's status before this step (prior) and its hooks field (false: none),
 -- saving two calls: the parked list can only exist while the run is paused.
 -- extra: more field/value pairs to set in the same HSET (the last vertex's own).
+-- The status is written after the vertices are ended: a script that fails in between
+-- leaves the run unfinished, and running it again completes the transition.
 local function finish(run, uid, status, field, value, now, ttl, prior, hooks, extra)
+  if status ~= 'completed' then cancel_rest(run, now) end
   local f = extra or {}
   f[#f + 1] = 'status'; f[#f + 1] = status; f[#f + 1] = 'ended'; f[#f + 1] = now
   if field ~= '' then f[#f + 1] = field; f[#f + 1] = value end
@@ -66,17 +99,18 @@ local function dead_letter(id, uid, addr, kind, reason, deliveries, now, ttl)
   if e[1] then data = fields_to_map(e[1][2])['d'] or '' end
   redis.call('XADD', pre .. ':dlq', 'MAXLEN', '~', '10000', '*', 'id', id, 'r', uid, 'a', addr,
     'k', kind, 'd', data, 'reason', reason, 'deliveries', tostring(deliveries), 'at', now)
-  redis.call('XACK', q, GROUP, id)
+  -- acked last: until then the message stays pending and its next claim does this again
+  local failed = false
   if uid ~= '' then
     local run = runkey(uid)
     local status = redis.call('HGET', run, 'status')
     if status and not TERMINAL[status] then
       local err = cjson.encode({vertex = addr, type = 'DeadLetter', message = reason,
         traceback = '', attempts = deliveries})
-      redis.call('HSET', run, 's:' .. addr, 'failed')
-      finish(run, uid, 'failed', 'err', err, now, ttl)
-      return true
+      finish(run, uid, 'failed', 'err', err, now, ttl, nil, nil, {'s:' .. addr, 'failed'})
+      failed = true
     end
   end
-  return false
+  redis.call('XACK', q, GROUP, id)
+  return failed
 end

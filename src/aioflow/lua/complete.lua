@@ -9,9 +9,13 @@
 --      S field value      set a field of the run
 --      D due member       delay: add a message to the delayed set
 -- Answers per completion: 'ok' | 'dup' | 'fenced', or 'completed' | 'failed' when it ended
--- the run (e:vaddr records when the vertex's attempt ended)
+-- the run (e:vaddr records when the vertex's attempt ended). A completion for a run that
+-- has already ended changes nothing but the vertex's own fields: 'ok', no op applied.
 local consumer, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local ACTIVE = {running = true, pending = true, paused = true}
+-- what a late completion may still say of its vertex once the run ended: the outcome of
+-- its attempt, never a live status over the 'cancelled' the run's end gave it
+local OUTCOME = {completed = true, failed = true}
 
 local function apply(i)
   local id, uid, marker, mode, value = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
@@ -28,18 +32,18 @@ local function apply(i)
     return 'dup'
   end
   local status = head[1]
+  local active = status and ACTIVE[status]
   -- the vertex's own fields: set below, or by finish() in its HSET when this ends the run
   local own = nil
   if status then
     own = {}
     if mode == 'c' then own[1] = marker; own[2] = value end
-    if vaddr ~= '' then
+    if vaddr ~= '' and (active or OUTCOME[vstatus]) then
       own[#own + 1] = 's:' .. vaddr; own[#own + 1] = vstatus
       own[#own + 1] = 'e:' .. vaddr; own[#own + 1] = now
     end
     if #own == 0 then own = nil end
   end
-  local active = status and ACTIVE[status]
   local ends = false
   if active then
     for j = i + 8, i + 7 + nops * 4, 4 do
