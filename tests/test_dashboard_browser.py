@@ -244,6 +244,11 @@ async def test_pause_resume_and_stop_from_the_page(redis_url: str, chromium: Bro
         await pg.click("#secRun button:has-text('Stop')")  # the confirm() is accepted
         await wait_until(status_in(pg, "stopped"), timeout=T, what="stopped")
         assert await pg.locator("#secRun button:has-text('Stop')").is_disabled()
+        # the node the stop cancelled is drawn so, in its own colour
+        box = pg.locator("#dag rect.vbox.vs-cancelled")
+        await box.first.wait_for()
+        fill = await box.first.evaluate("r => getComputedStyle(r).fill")
+        assert fill == "rgb(234, 238, 242)"
         gate.set()
         assert console.errors == []
 

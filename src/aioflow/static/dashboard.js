@@ -1,6 +1,6 @@
 "use strict";
 const RUN_STATUSES = ["pending", "running", "paused", "stopped", "completed", "failed"];
-const VERTEX_STATUSES = ["running", "completed", "failed", "parked", "retrying", "stopped"];
+const VERTEX_STATUSES = ["running", "completed", "failed", "cancelled", "parked", "retrying", "waiting", "queued"];
 const TERMINAL = new Set(["completed", "failed", "stopped"]);
 const WILD = "\u0001"; // placeholder for an unknown foreach key in address templates
 const S = {flow: null, run: null, def: null, cursors: [""], nextCursor: null, filter: "",
@@ -304,7 +304,8 @@ function matchStatus(tmpl, vertices) {
   }
   const sts = Object.keys(counts);
   if (!sts.length) return null;
-  const st = ["failed", "running", "parked", "completed"].find((o) => counts[o]) || sts[0];
+  const st = ["failed", "running", "retrying", "waiting", "queued", "parked", "cancelled", "completed"]
+    .find((o) => counts[o]) || sts[0];
   return {st, tip: sts.map((k) => k + ": " + counts[k]).join("\n")};
 }
 function colourDag() {
