@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+import aioflow
 from aioflow.cli import _own_redis
 from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import free_port
@@ -194,3 +195,108 @@ async def test_dev_cluster_runs_hello_and_cleans_up(tmp_path: Path, data_dir: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _url_file(data_dir: Path) -> str:
+    try:
+        return (data_dir / "redis.url").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+async def _serving(base: str, proc: subprocess.Popen[bytes], output: Callable[[], str]) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            assert proc.poll() is None, f"aioflow dev exited {proc.returncode}:\n{output()}"
+            return await _healthy(session, base)
+
+        await wait_until(ready, timeout=30, what=f"aioflow dev on {base}")
+
+
+def _stop(proc: subprocess.Popen[bytes], output: Callable[[], str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"aioflow dev did not exit on SIGINT:\n{output()}") from None
+    assert code == 0, f"aioflow dev exited {code}:\n{output()}"
+
+
+async def test_second_dev_in_the_same_data_dir_refuses(tmp_path: Path, data_dir: Path) -> None:
+    log_path = tmp_path / "dev.log"
+    first = _start_dev(free_port(), data_dir, log_path)
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    try:
+        await wait_until(
+            lambda: bool(_url_file(data_dir)) or first.poll() is not None,
+            timeout=30,
+            what="the first dev to write its Redis URL",
+        )
+        url = _url_file(data_dir)
+        assert url, output()
+        pids = _redis_pids(data_dir)
+        assert len(pids) == 1
+
+        code, out, err = await run_aioflow(
+            "dev", "examples/hello.py:app", "--port", str(free_port()), "--data-dir", str(data_dir)
+        )
+        assert code == 2, (out, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "already running" in err and f"pid {first.pid}" in err and url in err, err
+        # nothing of the first was touched
+        assert _url_file(data_dir) == url
+        assert _redis_pids(data_dir) == pids
+        assert first.poll() is None, output()
+        _stop(first, output)
+        await wait_until(lambda: not _redis_pids(data_dir), timeout=15, what="its Redis to stop")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=10)
+
+
+async def test_dev_takes_over_the_lock_of_a_killed_dev(tmp_path: Path, data_dir: Path) -> None:
+    """SIGKILL leaves the lock file and a redis-server running on the data: the next dev
+    takes the lock, stops that server (its AOF written out) and serves the same data."""
+    first_port, second_port = free_port(), free_port()
+    logs = tmp_path / "first.log", tmp_path / "second.log"
+    first = _start_dev(first_port, data_dir, logs[0])
+    second: subprocess.Popen[bytes] | None = None
+
+    def output(i: int) -> Callable[[], str]:
+        return lambda: logs[i].read_text(errors="replace")[-4000:]
+
+    try:
+        await _serving(f"http://127.0.0.1:{first_port}", first, output(0))
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{first_port}/flow/hello?wait=5"
+            async with session.post(url, json={"name": "x"}) as resp:
+                assert resp.status == 200, await resp.text()
+                rid = resp.headers["X-Run-Id"]
+        old_url = _url_file(data_dir)
+        (orphan,) = _redis_pids(data_dir)
+
+        first.kill()
+        first.wait(timeout=10)
+        assert _redis_pids(data_dir) == {orphan}  # what a killed dev leaves behind
+
+        second = _start_dev(second_port, data_dir, logs[1])
+        await _serving(f"http://127.0.0.1:{second_port}", second, output(1))
+        new_url = _url_file(data_dir)
+        assert new_url and new_url != old_url
+        (server,) = _redis_pids(data_dir)
+        assert server != orphan
+        assert f"stopped redis-server pid {orphan}" in output(1)()
+        async with aioflow.Client(new_url) as client:  # the same data, from the AOF
+            assert (await client.state(rid)).status is aioflow.Status.COMPLETED
+        _stop(second, output(1))
+        await wait_until(lambda: not _redis_pids(data_dir), timeout=15, what="its Redis to stop")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

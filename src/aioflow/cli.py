@@ -138,7 +138,8 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return uvloop.run(coro_fn())
 
 
-async def _until_signal(on_stop: Callable[[], None]) -> None:
+def _on_signals(on_stop: Callable[[], None]) -> asyncio.Event:
+    """An event set (after calling ``on_stop``) by the first SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
 
@@ -148,7 +149,7 @@ async def _until_signal(on_stop: Callable[[], None]) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, handler)
-    await done.wait()
+    return done
 
 
 async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
@@ -157,9 +158,11 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
     s = app.settings
     if not s.redis_url:
         raise ConfigError("no Redis: pass --url or set AIOFLOW_REDIS_URL")
+    w: Worker | None = None
+    # first of all: a signal during the start-up stops the command, never kills it
+    signalled = _on_signals(lambda: w.stop() if w else None)
     redis = connect(s.redis_url, max_connections=max(64, s.concurrency + 16))
     runner: web.AppRunner | None = None
-    w: Worker | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         if gateway:  # first: a busy port ends the command before a worker takes any work
@@ -172,11 +175,12 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
                     f"the gateway cannot listen on {s.host}:{s.port}: {e.strerror or e}"
                 ) from e
             log.info("gateway on http://%s:%d", s.host, s.port)
-        if worker:
+        if worker and not signalled.is_set():
             w = Worker(app.flows, redis, settings=s)  # run() waits for Redis with backoff
             tasks.append(asyncio.create_task(w.run()))
-        stopped = asyncio.create_task(_until_signal(lambda: w.stop() if w else None))
+        stopped = asyncio.create_task(signalled.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
         if w is not None:
             w.stop()
         for t in tasks:
@@ -184,10 +188,9 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
                 await t
             except REDIS_ERRORS as e:
                 # asked to stop while it still waited for Redis: nothing to drain
-                if not stopped.done() or isinstance(e, AioflowError):
+                if not signalled.is_set() or isinstance(e, AioflowError):
                     raise
                 log.info("stopped before Redis at %s answered", cli_client.shown(s.redis_url))
-        stopped.cancel()
     finally:
         if runner is not None:
             await runner.cleanup()

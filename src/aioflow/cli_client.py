@@ -48,6 +48,8 @@ def check_url(url: str, *, gateway: bool, command: str = "this command") -> str:
     """``url`` when its scheme is one ``command`` takes (Redis ones, and http(s)
     when ``gateway``); ConfigError otherwise."""
     scheme = urlsplit(url).scheme.lower()
+    if not url.lower().startswith(f"{scheme}://"):
+        scheme = ""  # redis-py and aiohttp want scheme://
     if scheme in REDIS_SCHEMES or (gateway and scheme in GATEWAY_SCHEMES):
         return url
     if gateway:
