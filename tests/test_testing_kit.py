@@ -3,7 +3,12 @@ flow of their own (no helper of aioflow's test suite)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,3 +121,56 @@ async def test_delayed_start_and_schedule_follow_the_clock(
 
 async def _nonempty(runs: Any) -> bool:
     return bool(await runs)
+
+
+async def test_the_first_tick_after_a_worker_starts_is_not_dropped(
+    aioflow_worker: Any, aioflow_client: aioflow.Client, aioflow_clock: FakeClock
+) -> None:
+    """Advancing right after the worker fixture returns: the tick is fired, and so
+    is every one the clock passes afterwards (none skipped as 'missed')."""
+    await aioflow_worker(digest)
+    aioflow_clock.advance(3600)
+
+    async def digest_ticks() -> list[str]:
+        runs, _ = await aioflow_client.runs("digest", limit=10)
+        return sorted(r.options["tick"][0] for r in runs)
+
+    async def ticked(n: int) -> bool:
+        return len(await digest_ticks()) == n
+
+    await eventually(lambda: ticked(1), what="the first hourly run")
+    aioflow_clock.advance(2 * 3600)  # two ticks in one step: both fire
+    await eventually(lambda: ticked(3), what="the next two hourly runs")
+    assert await digest_ticks() == [
+        "2026-01-01T01:00:00Z",
+        "2026-01-01T02:00:00Z",
+        "2026-01-01T03:00:00Z",
+    ]
+
+
+def test_the_readme_example_passes_in_a_fresh_project(tmp_path: Path) -> None:
+    """The README's "Testing your flows" example, copied as is into a project that
+    never configured pytest-asyncio (strict mode, its default) and registers no
+    plugin: the entry point brings the fixtures, and the tests run and pass."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Testing your flows\n", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```python\n(.*?)```", section, re.S)
+    assert example is not None, "no python example in the README's testing section"
+    (tmp_path / "test_orders.py").write_text(example.group(1))
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "shop"\nversion = "0.1"\n\n[tool.pytest.ini_options]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    # the project really is in strict mode ("mode=Mode.STRICT" in pytest-asyncio 1.x)
+    assert re.search(r"asyncio: mode=(Mode\.)?strict\b", out, re.I), out
+    assert proc.returncode == 0, out
+    assert re.search(r"\b4 passed\b", out), out

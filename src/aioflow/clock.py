@@ -32,11 +32,14 @@ async def wait(
     seconds: float | None,
     *,
     poll: float,
+    since: float | None = None,
 ) -> None:
     """Return when ``event`` is set, ``seconds`` have passed on ``clock``, or
     ``poll`` real seconds have passed (what other processes wrote is noticed
     within ``poll``), whichever comes first. A :class:`SteppedClock` wakes this
-    whenever it is moved; the caller reads the clock again and decides."""
+    whenever it is moved; the caller reads the clock again and decides.
+    ``since`` is the reading the caller decided on: a stepped clock moved after
+    it (while the caller was busy) returns at once instead of being missed."""
     if not isinstance(clock, SteppedClock):
         timeout = poll if seconds is None else max(0.0, min(seconds, poll))
         if event is None:
@@ -49,6 +52,7 @@ async def wait(
     if seconds is not None and seconds <= 0:
         await asyncio.sleep(0)
         return
+    read = clock() if since is None else since
     waits: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(clock.changed()),
         asyncio.ensure_future(asyncio.sleep(poll)),
@@ -56,6 +60,9 @@ async def wait(
     if event is not None:
         waits.append(asyncio.ensure_future(event.wait()))
     try:
+        await asyncio.sleep(0)  # changed() listens from here on
+        if clock() != read:  # moved before it listened
+            return
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waits:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from .errors import AioflowError, UnknownFlow, UnknownSchedule
 from .ticks import Schedule, tick_key
 from .topology import RedisClient
 
-__all__ = ["ScheduleState", "pause", "resume", "states", "ticking"]
+__all__ = ["ScheduleState", "pause", "resume", "started", "states", "ticking"]
 
 log = logging.getLogger("aioflow.schedule")
 
@@ -155,6 +156,17 @@ def _missed(s: Schedule, done: int, since: int) -> list[int]:
         span *= 4
 
 
+_running: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+def started(backend: object) -> bool:
+    """Whether a scheduler of this process ticking on ``backend`` (a worker's
+    :class:`~aioflow.topology.Backend`) has made its first pass: the ticks it fires
+    from now on are those after the clock's reading then. The testing kit waits
+    for it before a test may move its fake clock."""
+    return any(s.backend is backend and s.since is not None for s in list(_running))
+
+
 class Scheduler:
     """Fires the due ticks of ``flows``' registered schedules (see the module).
     ``redis`` is the client given to the Worker or gateway; ``engine``, when given, is
@@ -172,7 +184,9 @@ class Scheduler:
         self.clock = clock
         self._owned = engine is None
         self._engine: Engine | None = engine or Engine(redis, clock=clock)
+        self.backend = self._engine.backend
         self.since: int | None = None  # ms: ticking without a break since then
+        self._read: float | None = None  # the clock reading the last pass went by
         self.fired = 0  # tick submissions that created a run (for tests)
 
     async def aclose(self) -> None:
@@ -185,6 +199,7 @@ class Scheduler:
         cancel can be lost inside redis-py on Python 3.11: cancel it with
         :func:`aioflow.aio.cancel_and_wait`, as the worker and the gateway do."""
         backoff = 0.05
+        _running.add(self)
         try:
             while True:
                 try:
@@ -195,8 +210,9 @@ class Scheduler:
                     self.since = None
                     seconds = backoff
                     backoff = min(backoff * 2, 2.0)
-                await wait(self.clock, None, seconds, poll=REFRESH)
+                await wait(self.clock, None, seconds, poll=REFRESH, since=self._read)
         finally:
+            _running.discard(self)
             await self.aclose()
 
     async def tick(self) -> float | None:
@@ -208,7 +224,8 @@ class Scheduler:
         await self._engine.start()
         redis = self._engine.redis
         raw: Any = await redis.hmget(keys.FLOWS, self.flows)
-        now = _ms(self.clock())
+        self._read = self.clock()
+        now = _ms(self._read)
         if self.since is None:
             self.since = now
         nxt: int | None = None

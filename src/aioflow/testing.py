@@ -1,7 +1,10 @@
 """Testing your own flows: a pytest plugin and the helpers behind it.
 
 Installed with aioflow (a ``pytest11`` entry point), so its fixtures are there
-in any project that has aioflow and ``pytest-asyncio`` (``aioflow[testing]``):
+in any project that has aioflow and ``pytest-asyncio`` (``aioflow[testing]``),
+whatever its ``asyncio_mode``: in pytest-asyncio's default strict mode an
+``async def`` test that uses an ``aioflow_*`` fixture is marked
+``@pytest.mark.asyncio`` by this plugin.
 
 - ``aioflow_redis_server`` (session): a real ``redis-server`` (from ``PATH``, or
   the one ``aioflow[embedded]`` ships), no persistence.
@@ -24,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
+from . import schedule
 from .app import App, connect
 from .client import Client
 from .clock import FakeClock
@@ -80,17 +85,30 @@ class Kit:
 
     async def worker(self, target: Target, **settings: Any) -> Worker:
         """Start a worker for ``target`` (an App, a Flow or flows) on this Redis and
-        clock; it is registered when this returns and runs until :meth:`aclose`.
+        clock; it runs until :meth:`aclose`. When this returns the flows are
+        registered and, if they have schedules, the worker's scheduler has read
+        the clock: a tick the test then advances to is fired, not missed.
         ``settings`` override the App's (default concurrency 16, grace 1 s)."""
         base = target.settings if isinstance(target, App) else Settings()
         s = base.replace(
             redis_url=self.redis_url,
             **{"concurrency": min(base.concurrency, 16), "grace": self.grace, **settings},
         )
-        w = Worker(_flows(target), self.redis, settings=s, clock=self.clock)
+        flows = _flows(target)
+        w = Worker(flows, self.redis, settings=s, clock=self.clock)
         await w.prepare()
         self.workers.append(w)
-        self._tasks.append(asyncio.create_task(w.run(), name="aioflow-test-worker"))
+        task = asyncio.create_task(w.run(), name="aioflow-test-worker")
+        self._tasks.append(task)
+        if any(f.schedules for f in flows):
+            await eventually(
+                lambda: task.done() or schedule.started(w.backend),
+                timeout=10.0,
+                what="the worker's scheduler to start",
+            )
+            if task.done():
+                task.result()  # the worker's own error
+                raise ConfigError("the worker stopped as soon as it started")
         return w
 
     def _serving(self, flow: str) -> bool:
@@ -246,6 +264,40 @@ if pytest is not None:
 
             return cast(_F, missing)
         return cast(_F, pytest_asyncio.fixture(fn))
+
+    _FIXTURES = frozenset(
+        [
+            "aioflow_redis_server",
+            "aioflow_redis_url",
+            "aioflow_clock",
+            "aioflow_kit",
+            "aioflow_worker",
+            "aioflow_client",
+        ]
+    )
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_pycollect_makeitem(
+        collector: pytest.Module | pytest.Class, name: str, obj: object
+    ) -> Any:
+        # Innermost wrapper: the items get their mark before pytest-asyncio's wrapper
+        # (outside this one) turns marked coroutine tests into asyncio tests. Strict
+        # mode (its default) runs only marked ones; a test using our fixtures should
+        # not need the user to know that.
+        result = yield
+        if not inspect.iscoroutinefunction(obj):
+            return result
+        if not collector.config.pluginmanager.hasplugin("asyncio"):
+            return result  # no pytest-asyncio: the fixtures say what to install
+        items = result if isinstance(result, list) else [result]
+        for item in items:
+            if (
+                isinstance(item, pytest.Function)
+                and item.get_closest_marker("asyncio") is None
+                and not _FIXTURES.isdisjoint(item.fixturenames)
+            ):
+                item.add_marker(pytest.mark.asyncio)
+        return result
 
     @pytest.fixture(scope="session")
     def aioflow_redis_server() -> Iterator[RedisServer]:
