@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import sys
@@ -55,8 +57,14 @@ def cli_in_thread(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, 
     stdout, stderr. Cheaper than a process; one test below runs the real command."""
     from aioflow.cli import main
 
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     capsys.readouterr()
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    finally:  # main() configures logging for a process: give the test's back
+        root.handlers[:] = handlers
+        root.setLevel(level)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -90,6 +98,109 @@ async def test_submit_and_runs(redis_url: str, capsys: pytest.CaptureFixture[str
         lines = [ln.split("\t") for ln in out.splitlines()]
         assert len(lines) == 1 and lines[0][1] == "failed"
         assert (await srv.stack.client.state(lines[0][0])).status is aioflow.Status.FAILED
+
+
+def control_flow(gate: asyncio.Event) -> aioflow.Flow:
+    ctl = aioflow.Flow("ctl")
+
+    @ctl.node
+    async def first(x: Any) -> Any:
+        return x
+
+    @ctl.node(after=first)
+    async def second(x: Any) -> Any:
+        if x == "boom":
+            raise ValueError("no boom")
+        await gate.wait()
+        return x * 2
+
+    return ctl
+
+
+async def test_run_commands_take_the_callers_id_with_flow(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``aioflow run ACTION ID --flow NAME``: ID is the one the caller chose (X-Run-Id,
+    ``run_id=``), over Redis and over a gateway alike."""
+    gate = asyncio.Event()
+    async with served([control_flow(gate)], redis_url) as srv:
+        client = srv.stack.client
+
+        async def cli(*args: str) -> tuple[int, str, str]:
+            return await asyncio.to_thread(cli_in_thread, capsys, *args)
+
+        async def second_is(rid: str, status: str) -> bool:
+            v = (await client.state(rid)).vertices.get("second")
+            return v is not None and v.status == status
+
+        try:
+            rid = await client.submit("ctl", 21, run_id="order-42")
+            assert rid != "order-42"
+            await wait_until(lambda: second_is(rid, "running"), what="second running")
+            for url in (redis_url, srv.base):
+                code, out, err = await cli(
+                    "run", "pause", "order-42", "--flow", "ctl", "--url", url
+                )
+                assert (code, out) == (0, "order-42: paused\n"), err
+                code, out, err = await cli(
+                    "run", "state", "order-42", "--flow", "ctl", "--url", url
+                )
+                assert code == 0, err
+                doc = json.loads(out)
+                assert (doc["run_id"], doc["status"]) == (rid, "paused")
+                code, out, err = await cli(
+                    "run", "resume", "order-42", "--flow", "ctl", "--redis-url", url
+                )
+                assert (code, out) == (0, "order-42: running\n"), err
+
+            # not finished within --wait: exit 3 and the id
+            code, out, err = await cli(
+                "run", "result", "order-42", "--flow", "ctl", "--wait", "0.1", "--url", redis_url
+            )
+            assert (code, out) == (3, "order-42\n") and "still running" in err
+            gate.set()
+            for url in (redis_url, srv.base):
+                code, out, err = await cli(
+                    "run", "result", "order-42", "--flow", "ctl", "--wait", "5", "--url", url
+                )
+                assert (code, out) == (0, "42\n"), err
+
+            gate.clear()
+            other = await client.submit("ctl", 1, run_id="order-43")
+            await wait_until(lambda: second_is(other, "running"), what="second running")
+            code, out, err = await cli(
+                "run", "stop", "order-43", "--flow", "ctl", "--url", srv.base
+            )
+            assert (code, out) == (0, "order-43: stopped\n"), err
+            assert (await client.state(other)).status is aioflow.Status.STOPPED
+
+            failed = await client.submit("ctl", "boom", run_id="order-44")
+            with pytest.raises(aioflow.RunFailed):
+                await client.result(failed, timeout=T)
+            code, out, err = await cli(
+                "run", "result", "order-44", "--flow", "ctl", "--url", redis_url
+            )
+            assert code == 1 and "no boom" in err
+            before = (await client.state(failed)).vertices["second"].started
+            code, out, err = await cli(
+                "run", "retry", "order-44", "--flow", "ctl", "--url", redis_url
+            )
+            assert (code, out) == (0, "order-44: running (1 vertices requeued)\n"), err
+
+            async def failed_again() -> bool:
+                st = await client.state(failed)
+                v = st.vertices["second"]
+                return st.status is aioflow.Status.FAILED and (v.started or 0) > (before or 0)
+
+            await wait_until(failed_again, what="second to run again and fail")
+
+            # a caller's id names no run without its flow; the full id needs none
+            code, out, err = await cli("run", "state", "order-42", "--url", redis_url)
+            assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+            code, out, err = await cli("run", "state", rid, "--url", redis_url)
+            assert code == 0 and json.loads(out)["status"] == "completed", err
+        finally:
+            gate.set()
 
 
 APP = """
