@@ -29,7 +29,6 @@ import aioflow
 from aioflow import keys
 from aioflow.app import connect
 from aioflow.redis_server import free_port
-from aioflow.topology import FAILOVER_TIMEOUT
 from tests.chaos import apps
 from tests.chaos.harness import (
     APP,
@@ -51,9 +50,10 @@ NOTICED = BLOCK_GRACE + RT + 3.0
 # a worker serves again within this of its link healing
 SERVES_AGAIN = NOTICED + 4.0
 # a client or gateway call on a partitioned link ends within this, whatever its own
-# timeout= says: an idempotent call retries through what may be a failover
-# (topology.FAILOVER_TIMEOUT), each attempt within a deadline
-CALL_BOUND = FAILOVER_TIMEOUT + 3 * RT + 2.0
+# timeout= says: an idempotent call retries through what may be a failover (for two
+# deadlines), its last attempt within a deadline, a connection within its connect
+# timeout (5 s)
+CALL_BOUND = 2 * RT + 2 * RT + 5.0 + 1.0
 VT_LONG = 60.0  # a visibility timeout no recovery in these tests may rely on
 GUARD = 90.0  # the tests' own guard: nothing here may hang
 
@@ -452,7 +452,7 @@ async def _worker(
 ) -> AsyncIterator[aioflow.Worker]:
     """An in-process worker on ``url`` (a proxy's or Redis' own) with small timeouts."""
     settings = aioflow.Settings(
-        redis_url=url, concurrency=5, visibility_timeout=VT, redis_timeout=RT
+        redis_url=url, concurrency=5, visibility_timeout=VT, redis_timeout=RT, grace=1.0
     )
     redis = connect(url, timeout=RT)
     w = aioflow.Worker(flows, redis, settings=settings)
