@@ -310,7 +310,6 @@ async def _timed(call: Awaitable[Any]) -> tuple[float, BaseException | Any]:
     return time.monotonic() - t0, out
 
 
-@pytest.mark.slow
 async def test_client_calls_on_partitioned_link_fail_in_bounded_time(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -352,7 +351,6 @@ async def test_client_calls_on_partitioned_link_fail_in_bounded_time(
 # -- a gateway on a stalled link ----------------------------------------------------------
 
 
-@pytest.mark.slow
 async def test_gateway_on_partitioned_link_answers_503(redis_url: str, procs: Procs) -> None:
     """``aioflow serve`` whose Redis link stalls answers 503 JSON within a bound, for a
     new run (with and without ``?wait=``) and for a run's state, instead of holding
