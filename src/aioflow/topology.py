@@ -46,11 +46,12 @@ SLOTS = 16384
 Addr = tuple[str, int]
 RedisClient = Redis | RedisCluster
 
-# How long an idempotent call keeps retrying through a failover before it gives up.
-FAILOVER_TIMEOUT = 20.0
 # How long a Redis reply may take before the connection counts as stalled
 # (Settings.redis_timeout; the default when a client does not say).
 DEFAULT_TIMEOUT = 10.0
+# How long an idempotent call keeps retrying through a failover before it gives up,
+# by default: two Redis timeouts (Router.failover_timeout).
+FAILOVER_TIMEOUT = 2 * DEFAULT_TIMEOUT
 
 
 def _crc16_table() -> list[int]:
@@ -139,10 +140,12 @@ class Router:
     worker's readers) know when to regroup.
     """
 
-    def __init__(self, seed: Lean, *, failover_timeout: float = FAILOVER_TIMEOUT) -> None:
+    def __init__(self, seed: Lean, *, failover_timeout: float | None = None) -> None:
         self._template = seed
         self.seed: Addr = (seed.host, seed.port)
-        self.failover_timeout = failover_timeout
+        # how long an idempotent call keeps retrying through a failover (or a stalled
+        # link replaced) before it gives up: two Redis timeouts (20 s by default)
+        self.failover_timeout = 2 * seed.timeout if failover_timeout is None else failover_timeout
         self.cluster = False
         self.sharded_pubsub = False  # SSUBSCRIBE/SPUBLISH (Redis 7+)
         self.script_flags = False  # scripts declare their flags (Redis 7+, scripts.py)

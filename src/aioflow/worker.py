@@ -109,6 +109,9 @@ class Worker:
         self._prio_tick = 0
         # (stream, message id) -> ...: ids are unique within a stream only
         self._inflight: dict[tuple[str, bytes], tuple[Msg, asyncio.Task[None]]] = {}
+        # read, not yet running or parked (being claimed): (stream, id) -> holders
+        self._starting: dict[tuple[str, bytes], int] = {}
+        self._applying: set[tuple[str, bytes]] = set()  # in the completion batch on its way
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
         self._done: list[tuple[Msg, list[Any]]] = []
         self._done_event = asyncio.Event()
@@ -222,10 +225,12 @@ class Worker:
             self.settings.concurrency,
             ", ".join(self.flows),
         )
+        self._last_renewal = time.monotonic()  # nothing is held yet
         tasks = [
             asyncio.create_task(self._read_all(), name="aioflow-read"),
             asyncio.create_task(self._complete_loop(), name="aioflow-complete"),
             asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
+            asyncio.create_task(self._lease_watch(), name="aioflow-lease-watch"),
             asyncio.create_task(self._delayed_loop(), name="aioflow-delayed"),
             asyncio.create_task(self._control_loop(), name="aioflow-control"),
             asyncio.create_task(ticking(self._scheduling_engine(), self.flows)),
@@ -523,15 +528,39 @@ class Worker:
             self.last_read = time.monotonic()  # an answered read, empty or not
         if got:
             self._read_backoff = 0.05
+        held = self._hold(
+            (as_text(stream), entries)
+            for resp in replies
+            if resp and not isinstance(resp, BaseException)
+            for stream, entries in resp
+        )
         try:
             for resp in replies:
                 if resp and not isinstance(resp, BaseException):
                     for stream, entries in resp:
                         await self._start(as_text(stream), entries, reclaimed=False)
         finally:
+            self._unhold(held)
             self._reserved -= got
             self._slots_freed()
         return None if failed and not got else (read, found)
+
+    def _hold(self, batches: Any) -> list[tuple[str, bytes]]:
+        """Mark read entries as being started (not orphans: see _recover_orphans)."""
+        held = [(stream, e[0]) for stream, entries in batches for e in entries if e is not None]
+        starting = self._starting
+        for k in held:
+            starting[k] = starting.get(k, 0) + 1
+        return held
+
+    def _unhold(self, held: list[tuple[str, bytes]]) -> None:
+        starting = self._starting
+        for k in held:
+            n = starting[k] - 1
+            if n:
+                starting[k] = n
+            else:
+                del starting[k]
 
     async def _wait_group(self, conn: Lean | RedisPyLean, streams: list[str], count: int) -> int:
         """A blocking read of one slot's streams: how many messages it brought
@@ -548,9 +577,13 @@ class Worker:
         # an empty blocking read is a read: the worker listens (worker --health)
         self.last_read = time.monotonic()
         got = 0
-        for stream, entries in resp or ():
-            got += len(entries)
-            await self._take(as_text(stream), entries)
+        held = self._hold((as_text(stream), entries) for stream, entries in resp or ())
+        try:
+            for stream, entries in resp or ():
+                got += len(entries)
+                await self._take(as_text(stream), entries)
+        finally:
+            self._unhold(held)
         return got
 
     def _xread(
@@ -604,7 +637,11 @@ class Worker:
                 batch: dict[str, list[Any]] = {}
                 for key in list(self._parked)[:free]:
                     batch.setdefault(key[0], []).append(self._parked.pop(key))
-                await self._start_held(batch)
+                held = self._hold(batch.items())
+                try:
+                    await self._start_held(batch)
+                finally:
+                    self._unhold(held)
         finally:
             self._unparking = False
             self._slot_event.set()
@@ -718,7 +755,7 @@ class Worker:
             elif code == b"dead":
                 ended = r[1] == b"failed"
                 log.warning(
-                    "dead letter: vertex %s of run %s, message %s, delivered more than "
+                    "vertex %s of run %s dead-lettered: message %s delivered more than "
                     "max_deliveries=%d times%s",
                     m.addr,
                     m.rid,
@@ -816,6 +853,7 @@ class Worker:
             by_stream: dict[str, list[tuple[Msg, list[Any]]]] = {}
             for item in batch:
                 by_stream.setdefault(item[0].stream, []).append(item)
+            self._applying = {(m.stream, m.id) for m, _ in batch}
             try:
                 if len(by_stream) == 1:  # the common case: no task per call
                     results = [await self._apply(*next(iter(by_stream.items())))]
@@ -829,6 +867,8 @@ class Worker:
                 self._done[:0] = batch
                 await asyncio.sleep(self._completing.failed(e))
                 continue
+            finally:
+                self._applying = set()
             self._completing.ok()
             for items, res in zip(by_stream.values(), results, strict=True):
                 for (m, rec), r in zip(items, res, strict=True):
@@ -933,9 +973,10 @@ class Worker:
             await self._duty("heartbeat", self._heartbeat)
             await self._duty("stopped runs", self._cancel_stopped)
             await self._duty("lease renewal", self._extend_leases)
-            self._drop_lost_leases()
-            if not self._claiming.active:  # a claim refused now would be refused again
+            if not (self._claiming.active or self._completing.active):
+                # (a claim refused now would be refused again)
                 await self._duty("reclaim", lambda: self._reclaim(int(vt * 1000)))
+                await self._duty("orphans", self._recover_orphans)
             slow = time.monotonic() - last_trim > 5.0
             await self._duty("versions", functools.partial(self.versions.tick, slow=slow))
             if slow:
@@ -1034,6 +1075,13 @@ class Worker:
         self._last_renewal = began
         await self.limits.renew()
 
+    async def _lease_watch(self) -> None:
+        # apart from the housekeeping: its calls may each wait out a Redis timeout
+        vt = self.settings.visibility_timeout
+        while not self._stopping.is_set():
+            await asyncio.sleep(max(0.05, min(vt / 4, 1.0)))
+            self._drop_lost_leases()
+
     def _drop_lost_leases(self) -> None:
         """Cancel the nodes whose leases could not be renewed for longer than the
         visibility timeout: another worker may have reclaimed and started them."""
@@ -1076,6 +1124,41 @@ class Worker:
             entries = [e for e in (res[1] if res else []) if e and e[1] is not None]
             if entries:
                 log.info("reclaimed %d idle messages on %s", len(entries), stream)
+                await self._start(stream, entries, reclaimed=True)
+
+    async def _recover_orphans(self) -> None:
+        """Start again the messages Redis delivered to this worker whose read reply
+        never arrived (the link stalled with the reply on its way, and the connection
+        was replaced): pending for this consumer, yet neither running, parked, being
+        started nor completing here. Without this they would wait for the visibility
+        timeout. Only entries idle for longer than any read may take count, so a
+        read still on its way is never mistaken for a lost one."""
+        idle_ms = int((max(BLOCK + READ_GRACE, self.settings.redis_timeout) + 1.0) * 1000)
+        for stream in self._stream_list:
+            if self._stopping.is_set():
+                return
+            pending: Any = await self.fast.execute(
+                "XPENDING", stream, keys.GROUP, "IDLE", idle_ms, "-", "+", 1000, self.consumer
+            )
+            if not pending:
+                continue
+            known = self._applying.union(self._inflight, self._parked, self._starting)
+            known.update((m.stream, m.id) for m, _ in self._done)
+            lost = [p[0] for p in pending if (stream, p[0]) not in known]
+            if not lost:
+                continue
+            # XCLAIM with the same min idle: one renewed or taken meanwhile is skipped
+            entries: Any = await self.fast.execute(
+                "XCLAIM", stream, keys.GROUP, self.consumer, idle_ms, *lost
+            )
+            entries = [e for e in entries or () if e and e[1] is not None]
+            if entries:
+                log.warning(
+                    "%d messages on %s were delivered to this worker by a read whose reply "
+                    "was lost: starting them again",
+                    len(entries),
+                    stream,
+                )
                 await self._start(stream, entries, reclaimed=True)
 
     async def _control_loop(self) -> None:
