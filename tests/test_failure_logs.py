@@ -82,10 +82,10 @@ async def test_a_dead_letter_is_logged_with_its_run(
     async with running([flow], redis_url, max_deliveries=2, visibility_timeout=0.3) as stack:
         with pytest.raises(aioflow.RunFailed):
             await stack.client.result(rid, timeout=T)
-        await wait_until(lambda: bool(_warnings(caplog, "dead letter")), timeout=T, what="log")
-    [rec] = _warnings(caplog, "dead letter")
+        await wait_until(lambda: bool(_warnings(caplog, "dead-lettered")), timeout=T, what="log")
+    [rec] = _warnings(caplog, "dead-lettered")
     assert rec.getMessage() == (
-        f"dead letter: vertex poison of run {rid}, message {mid.decode()}, delivered more "
+        f"vertex poison of run {rid} dead-lettered: message {mid.decode()} delivered more "
         "than max_deliveries=2 times: the run failed"
     )
     assert rec.__dict__["run_id"] == rid

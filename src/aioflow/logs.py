@@ -28,15 +28,19 @@ _TEXT_FIELDS = (("run_id", "run"), ("vertex", "vertex"), ("attempt", "attempt"))
 
 class TextFormatter(logging.Formatter):
     """``2026-12-07 10:00:00,123 INFO aioflow.node: message [run=... vertex=... attempt=1]``;
-    the bracket only when the record carries a run id or a vertex."""
+    the bracket only when the record carries a run id or a vertex that its message
+    does not name already."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
-        if getattr(record, "run_id", None) is None and getattr(record, "vertex", None) is None:
+        run_id = getattr(record, "run_id", None)
+        if run_id is None and getattr(record, "vertex", None) is None:
             return line
+        if run_id is not None and str(run_id) in record.message:
+            return line  # the worker's own lines name the run and vertex already
         tags = [
             f"{label}={value}"
             for attr, label in _TEXT_FIELDS

@@ -108,8 +108,13 @@ async def test_stalled_worker_late_completion_is_fenced(
         finally:
             w1.signal(signal.SIGCONT)
 
-        # w1 wakes up, finishes its copy of "slow" and tries to complete it: refused
-        refused = re.compile(rf"completion of vertex slow of run \S+ {REFUSED}")
+        # w1 wakes up and either finishes its copy of "slow" and tries to complete it
+        # (refused: fenced), or first finds it held the node's lease for longer than the
+        # visibility timeout without renewing it, and cancels it (lease_lost)
+        refused = re.compile(
+            rf"completion of vertex slow of run \S+ {REFUSED}"
+            r"|cancelling vertex slow of run \S+: lease not renewed"
+        )
         await wait_until(lambda: refused.search(w1.log()) is not None, timeout=10, what="refusal")
         assert w1.running and w2.running
 
