@@ -40,8 +40,10 @@ IDEMPOTENT = frozenset(
 # Redis 7+ reads the flags of a script from its first line. A script that declares
 # them (by default none: it may write, it touches only the keys of its hash tag) is
 # refused whole, before its first command, while Redis is over maxmemory. Without
-# the line Redis runs it in compatibility mode and refuses its writes one at a
-# time: a transition could stop half-way. Redis 6.2 knows no such line.
+# the line (compatibility mode, and Redis 6.2, which knows no such line) Redis
+# checks memory only at the script's first write that can grow memory, and then
+# lets the rest run: refused or not depends on the path a script took, and a
+# script may overshoot maxmemory.
 SHEBANG = "#!lua\n"
 # Scripts that must run at maxmemory: renewing a lease only resets the idle time of
 # entries already there (without it every message in flight would be redelivered,
