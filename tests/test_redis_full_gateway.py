@@ -89,6 +89,8 @@ async def test_a_full_redis_is_503_redis_full_and_redis_full_errors(
                 assert "full" in err["detail"], err
             resp = await http.post("/flow/fill/batch", json=[1, 2])
             assert resp.status == 503, await resp.text()
+            metrics = await (await http.get("/metrics")).text()
+            assert "aioflow_gateway_redis_full_total 2.0" in metrics, metrics
 
             async with aioflow.Client(server.url) as direct:
                 with pytest.raises(aioflow.RedisFull):

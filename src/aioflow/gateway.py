@@ -91,6 +91,8 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
             return _error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
         raise
     except AioflowError as e:
+        if isinstance(e, RedisFull):
+            request.app[METRICS].redis_full.inc()
         for cls, status, code in _STATUS:
             if isinstance(e, cls):
                 return _error(status, code, str(e))

@@ -211,6 +211,11 @@ class GatewayMetrics:
             ["flow", "status"],
             registry=r,
         )
+        self.redis_full = Counter(
+            "aioflow_gateway_redis_full",
+            "Requests answered 503 redis_full: Redis refused a write at maxmemory.",
+            registry=r,
+        )
         labels = ["flow", "partition"]
         self.stream_length = Gauge(
             "aioflow_stream_length", "Entries in a flow partition's stream.", labels, registry=r
