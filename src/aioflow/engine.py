@@ -19,9 +19,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MasterDownError,
-    OutOfMemoryError,
     RedisClusterException,
-    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,6 +45,7 @@ from .errors import (
 )
 from .keys import RunId
 from .model import Flow
+from .outage import is_oom
 from .plan import Plan, compile_dag, dag_from_description
 from .priority import SUFFIX
 from .priority import check as check_priority
@@ -73,14 +72,6 @@ REDIS_ERRORS = (
     RedisClusterException,
     AskError,  # MovedError too: a redirection redis-py gave up following
 )
-
-
-def is_oom(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is Redis refusing a write at ``maxmemory`` (``-OOM ...``)."""
-    # redis-py raises OutOfMemoryError with the "OOM " cut off; a raw reply keeps it
-    return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, ResponseError) and str(exc).startswith("OOM")
-    )
 
 
 class _Translate:

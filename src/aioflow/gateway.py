@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError
 
 from . import codec, openapi, schedule, tracing, versions
 from .aio import cancel_and_wait
@@ -38,6 +39,7 @@ from .keys import RunId, check_flow_name
 from .metrics import GatewayMetrics
 from .metrics import response as metrics_response
 from .model import Flow
+from .outage import Episode
 from .settings import Settings
 from .status import Status
 from .topology import RedisClient
@@ -450,16 +452,15 @@ def create_app(
     install(app, settings, engine)
 
     async def register_when_up() -> None:
-        backoff = 0.05
+        episode = Episode(log, "registering the flows")
         while True:
             try:
                 await engine.start()
                 await register(engine.redis, flows or [], fast=engine.fast)
+                episode.ok()
                 return
-            except REDIS_ERRORS as e:
-                log.warning("cannot register flows yet (%s); retrying in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+            except (*REDIS_ERRORS, OutOfMemoryError) as e:
+                await asyncio.sleep(episode.failed(e))
 
     registering: list[asyncio.Task[None]] = []
     ticker = schedule.Scheduler(redis, [f.name for f in flows or []], engine.clock, engine=engine)

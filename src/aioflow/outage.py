@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
-from .engine import REDIS_ERRORS, is_oom
 
-# What a worker's loop retries after a pause: Redis unreachable or stalled, or
-# refusing writes at maxmemory (a refused script applied nothing: scripts.py). The
-# lean connections raise OOM replies as redis-py does, as OutOfMemoryError.
-TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_ERRORS, OutOfMemoryError)
+def is_oom(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Redis refusing a write at ``maxmemory`` (``-OOM ...``)."""
+    # redis-py raises OutOfMemoryError with the "OOM " cut off; a raw reply keeps it
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    )
 
 
 class Episode:

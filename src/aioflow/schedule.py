@@ -28,10 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import OutOfMemoryError
+
 from . import codec, keys
 from .clock import wait
 from .engine import REDIS_ERRORS, Engine, FlowInfo
 from .errors import AioflowError, UnknownFlow, UnknownSchedule
+from .outage import Episode
 from .ticks import Schedule, tick_key
 from .topology import RedisClient
 
@@ -198,18 +201,16 @@ class Scheduler:
         """Tick until cancelled; Redis errors count as a break (see the module). A
         cancel can be lost inside redis-py on Python 3.11: cancel it with
         :func:`aioflow.aio.cancel_and_wait`, as the worker and the gateway do."""
-        backoff = 0.05
+        episode = Episode(log, "schedules")
         _running.add(self)
         try:
             while True:
                 try:
                     seconds = await self.tick()
-                    backoff = 0.05
-                except REDIS_ERRORS as e:
-                    log.warning("schedules: Redis unavailable (%s); retrying", e)
+                    episode.ok()
+                except (*REDIS_ERRORS, OutOfMemoryError) as e:
                     self.since = None
-                    seconds = backoff
-                    backoff = min(backoff * 2, 2.0)
+                    seconds = episode.failed(e)
                 await wait(self.clock, None, seconds, poll=REFRESH, since=self._read)
         finally:
             _running.discard(self)

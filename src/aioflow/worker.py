@@ -21,20 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from . import codec, keys, metrics, priority, tracing
 from .aio import cancel_and_wait
 from .clock import wait as clock_wait
 from .conn import Lean, RedisPyLean
-from .engine import REDIS_ERRORS, Engine, is_oom, partitions_of, register
+from .engine import REDIS_ERRORS, Engine, partitions_of, register
 from .errors import ConfigError
 from .health import BLOCK, READ_GRACE
 from .health import window as health_window
 from .keys import RunId
 from .limits import Limits
 from .model import Flow
-from .outage import TRANSIENT, Episode
+from .outage import Episode, is_oom
 from .plan import compile_dag, resolve
 from .schedule import ticking
 from .scripts import SCRIPTS
@@ -45,6 +45,11 @@ from .vertex import FINAL, Executor, Msg
 from .vertex import marker as default_marker
 
 log = logging.getLogger("aioflow.worker")
+
+# What a worker's loop retries after a pause: Redis unreachable or stalled, or
+# refusing writes at maxmemory (a refused script applied nothing: scripts.py). The
+# lean connections raise OOM replies as redis-py does, as OutOfMemoryError.
+TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_ERRORS, OutOfMemoryError)
 
 EVICTING = {
     "allkeys-lru",
@@ -131,6 +136,7 @@ class Worker:
         self._claiming = self._episode("starting messages (claim)")
         self._completing = self._episode("applying completions")
         self._moving = self._episode("moving due retries")
+        self._reading = self._episode("reading the streams")
         self._duties: dict[str, Episode] = {}
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self.fast = self.backend.fast
@@ -306,16 +312,17 @@ class Worker:
                 log.info("handed back %d unstarted messages on %s", n, stream)
 
     async def _retrying(self, fn: Callable[[], Any]) -> Any:
-        backoff = 0.05
+        where = self.fast.lean_template().endpoint if isinstance(self.fast, Router) else "Redis"
+        episode = self._episode(f"worker start (reaching {where})")
         while True:
             try:
-                return await fn()
-            except REDIS_ERRORS as e:
+                result = await fn()
+                episode.ok()
+                return result
+            except TRANSIENT as e:
                 if self._stopping.is_set():
                     raise
-                log.warning("Redis unavailable (%s); retrying in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(episode.failed(e))
 
     # -- reading ----------------------------------------------------------------------
 
@@ -526,6 +533,7 @@ class Worker:
         self._reserved -= share - got
         if not failed:
             self.last_read = time.monotonic()  # an answered read, empty or not
+            self._reading.ok()
         if got:
             self._read_backoff = 0.05
         held = self._hold(
@@ -576,6 +584,7 @@ class Worker:
         self._read_backoff = 0.05
         # an empty blocking read is a read: the worker listens (worker --health)
         self.last_read = time.monotonic()
+        self._reading.ok()
         got = 0
         held = self._hold((as_text(stream), entries) for stream, entries in resp or ())
         try:
@@ -650,7 +659,7 @@ class Worker:
         """Say why a read failed, and recreate the groups when they are gone."""
         text = str(e)
         if not isinstance(e, ResponseError):  # Redis away: the caller backs off
-            log.warning("read failed (%s); retrying in %.1fs", e, self._read_backoff)
+            self._reading.failed(e)
         elif text.startswith("NOGROUP"):
             # the group's creation was lost (a failover before it replicated)
             log.warning("read failed (%s): creating the consumer groups again", e)
