@@ -132,6 +132,7 @@ class Worker:
         self.completed = 0  # vertex completions applied (for tests and metrics)
         self.fenced = 0
         self.lease_lost = 0  # nodes cancelled: their lease could not be kept
+        self._give_up: float | None = None  # a drain's last moment to apply completions
         self._last_renewal = time.monotonic()  # leases of what runs were last renewed
         self._claiming = self._episode("starting messages (claim)")
         self._completing = self._episode("applying completions")
@@ -293,10 +294,20 @@ class Worker:
         for m, _ in left:
             if (m.stream, m.id) in self._inflight:
                 self._queue(m, self.executor.handback_ops(m), mode="r", vstatus="queued")
-        while self._done or self._inflight:
+        # (a Redis that stays away is given up on after two more Redis timeouts: what
+        # was not applied stays pending and is redelivered after visibility_timeout)
+        self._give_up = time.monotonic() + 2 * self.settings.redis_timeout
+        while (self._done or self._inflight) and time.monotonic() < self._give_up:
             await self._flush()
             if self._done or self._inflight:  # a flush by another task, or a retry pause
                 await asyncio.sleep(0.02)
+        if self._done or self._inflight:
+            log.warning(
+                "stopping with %d completions not applied (Redis unavailable): their "
+                "messages stay pending and are redelivered after visibility_timeout",
+                len(self._done) or len(self._inflight),
+            )
+            return
         await self.limits.flush()
 
     async def _hand_back_unstarted(self) -> None:
@@ -874,6 +885,8 @@ class Worker:
                 # completions are idempotent and fenced, and a refused script applied
                 # nothing (Redis full): apply them again later
                 self._done[:0] = batch
+                if self._give_up is not None and time.monotonic() > self._give_up:
+                    return  # a drain that cannot wait any longer (see _drain)
                 await asyncio.sleep(self._completing.failed(e))
                 continue
             finally:
