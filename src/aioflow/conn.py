@@ -277,6 +277,7 @@ class RedisPyLean:
     cluster = False
     sharded_pubsub = False
     script_flags = False
+    timeout = 10.0  # redis-py applies its own socket_timeout
     epoch = 0
     masters: list[tuple[str, int]] = [("", 0)]
 

@@ -216,11 +216,14 @@ class Waiter:
                 del self._confirmed[channel]
                 raise
         if not fut.done():
+            timeout = self._fast.timeout
             try:
-                async with asyncio.timeout(10.0):
+                async with asyncio.timeout(timeout):
                     await asyncio.shield(fut)
             except TimeoutError:
-                raise RedisUnavailable("Redis did not confirm the subscription in 10 s") from None
+                raise RedisUnavailable(
+                    f"Redis did not confirm the subscription in {timeout:g} s"
+                ) from None
 
     def register(self, rid: RunId) -> asyncio.Future[Outcome]:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()

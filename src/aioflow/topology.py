@@ -228,6 +228,11 @@ class Router:
     def started(self) -> bool:
         return self._started
 
+    @property
+    def timeout(self) -> float:
+        """How long a reply may take (``redis_timeout``)."""
+        return self._template.timeout
+
     def lean_template(self) -> Lean:
         return self._template
 
