@@ -253,7 +253,14 @@ class Lean:
         futs = [proto.loop.create_future() for _ in commands]
         proto.expect(futs, None)
         proto.send(b"".join(_pack(*c) for c in commands))
-        replies = [await f for f in futs]
+        try:
+            replies = [await f for f in futs]
+        except BaseException:
+            # a lost connection fails them all at once: retrieve the others' errors too
+            for f in futs:
+                if f.done() and not f.cancelled():
+                    f.exception()
+            raise
         if raise_errors:
             for r in replies:
                 if isinstance(r, ResponseError):
@@ -420,6 +427,16 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         down_since: float | None = None
         told = False  # on_event(b"down") sent for this outage
+
+        def lost() -> None:
+            # no working connection since down_since: tell the owner once it lasts
+            nonlocal down_since, told
+            down_since = loop.time() if down_since is None else down_since
+            if not told and loop.time() - down_since > timeout:
+                told = True
+                for channel in sorted(self.channels):
+                    self._on_event(b"down", channel.encode(), None)
+
         while True:
             try:
                 _, proto = await open_transport(
@@ -428,11 +445,7 @@ class Subscriber:
             except RedisConnectionError:
                 if self._on_down is not None:
                     self._on_down(self)
-                down_since = loop.time() if down_since is None else down_since
-                if not told and loop.time() - down_since > timeout:
-                    told = True
-                    for channel in sorted(self.channels):
-                        self._on_event(b"down", channel.encode(), None)
+                lost()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -463,7 +476,7 @@ class Subscriber:
             finally:
                 self._proto = None
                 proto.transport.close()
-            down_since = loop.time() if down_since is None else down_since
+            lost()  # (a link that connects but stays silent counts as down too)
             if self._on_down is not None:
                 self._on_down(self)
 

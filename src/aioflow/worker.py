@@ -133,6 +133,8 @@ class Worker:
         self.fenced = 0
         self.lease_lost = 0  # nodes cancelled: their lease could not be kept
         self._give_up: float | None = None  # a drain's last moment to apply completions
+        self._orphans_due = 0.0  # when to look for deliveries a failed read lost (monotonic)
+        self._orphan_hunt: asyncio.Task[None] | None = None
         self._last_renewal = time.monotonic()  # leases of what runs were last renewed
         self._claiming = self._episode("starting messages (claim)")
         self._completing = self._episode("applying completions")
@@ -246,6 +248,8 @@ class Worker:
             await self._stopping.wait()
             await self._drain()
         finally:
+            if self._orphan_hunt is not None:
+                tasks.append(self._orphan_hunt)
             await cancel_and_wait(tasks)
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
@@ -671,6 +675,8 @@ class Worker:
         text = str(e)
         if not isinstance(e, ResponseError):  # Redis away: the caller backs off
             self._reading.failed(e)
+            if not self._orphans_due:  # its reply may have carried messages: look soon
+                self._orphans_due = time.monotonic() + self._orphan_idle()
         elif text.startswith("NOGROUP"):
             # the group's creation was lost (a failover before it replicated)
             log.warning("read failed (%s): creating the consumer groups again", e)
@@ -1103,6 +1109,14 @@ class Worker:
         while not self._stopping.is_set():
             await asyncio.sleep(max(0.05, min(vt / 4, 1.0)))
             self._drop_lost_leases()
+            due = self._orphans_due
+            hunting = self._orphan_hunt is not None and not self._orphan_hunt.done()
+            refused = self._claiming.active or self._completing.active
+            if due and time.monotonic() >= due and not hunting and not refused:
+                self._orphans_due = 0.0
+                self._orphan_hunt = self._loop.create_task(
+                    self._duty("orphans", self._recover_orphans), name="aioflow-orphans"
+                )
 
     def _drop_lost_leases(self) -> None:
         """Cancel the nodes whose leases could not be renewed for longer than the
@@ -1148,6 +1162,10 @@ class Worker:
                 log.info("reclaimed %d idle messages on %s", len(entries), stream)
                 await self._start(stream, entries, reclaimed=True)
 
+    def _orphan_idle(self) -> float:
+        # longer than any read's reply may take to arrive (sweeps: redis_timeout)
+        return max(BLOCK + READ_GRACE, self.settings.redis_timeout) + 1.0
+
     async def _recover_orphans(self) -> None:
         """Start again the messages Redis delivered to this worker whose read reply
         never arrived (the link stalled with the reply on its way, and the connection
@@ -1155,7 +1173,7 @@ class Worker:
         started nor completing here. Without this they would wait for the visibility
         timeout. Only entries idle for longer than any read may take count, so a
         read still on its way is never mistaken for a lost one."""
-        idle_ms = int((max(BLOCK + READ_GRACE, self.settings.redis_timeout) + 1.0) * 1000)
+        idle_ms = int(self._orphan_idle() * 1000)
         for stream in self._stream_list:
             if self._stopping.is_set():
                 return
