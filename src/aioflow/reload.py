@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shlex
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,42 @@ from typing import Any
 from .errors import ConfigError
 
 log = logging.getLogger("aioflow.reload")
+
+
+class _Child:
+    """The ``aioflow dev`` child process. Starting it blocks SIGINT until the process
+    is recorded, so a Ctrl-C landing mid-restart can never leave a child running
+    that nobody stops (watchfiles.run_process had that window)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.proc = subprocess.Popen(self.argv)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGINT (it drains), SIGKILL after ``timeout``; idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("aioflow dev did not stop within %g s: killing it", timeout)
+                proc.kill()
+                proc.wait()
+        self.proc = None  # (only now: an interrupted stop is finished by the next)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the reloader as Ctrl-C does
 
 
 def _child_argv(argv: Sequence[str], redis_url: str | None) -> list[str]:
@@ -45,23 +82,30 @@ def run_reloading(
         app_dir = Path(target).resolve().parent
         if not app_dir.is_relative_to(Path.cwd()):
             paths.add(app_dir)
-    cmd = shlex.join(_child_argv(argv, server.url if server else None))
-
-    def changed(changes: set[tuple[watchfiles.Change, str]]) -> None:
-        log.info("reloading: %s changed", ", ".join(sorted({p for _, p in changes})))
-
+    cmd = _child_argv(argv, server.url if server else None)
+    child = _Child(cmd)
+    # SIGINT and SIGTERM stop the reloader (and its child), as they stop a plain
+    # `aioflow dev`, even where it started with SIGINT ignored (a background job of a
+    # non-interactive shell, nohup), which Python would otherwise keep
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        watchfiles.run_process(
+        child.start()
+        # raise_interrupt=False: Ctrl-C ends the loop (and a Ctrl-C that lands while a
+        # restart is under way raises there); either way the current child is stopped
+        for changes in watchfiles.watch(
             *sorted(paths),
-            target=cmd,
-            target_type="command",
-            callback=changed,
             watch_filter=watchfiles.PythonFilter(),
             debounce=300,
-        )
+            raise_interrupt=False,
+        ):
+            log.info("reloading: %s changed", ", ".join(sorted({p for _, p in changes})))
+            child.stop()
+            child.start()
     except KeyboardInterrupt:
         pass
     finally:
+        child.stop()
         if server is not None:
             with contextlib.suppress(Exception):
                 server.stop()
