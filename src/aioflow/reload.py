@@ -19,20 +19,18 @@ log = logging.getLogger("aioflow.reload")
 
 
 class _Child:
-    """The ``aioflow dev`` child process. Starting it blocks SIGINT until the process
-    is recorded, so a Ctrl-C landing mid-restart can never leave a child running
-    that nobody stops (watchfiles.run_process had that window)."""
+    """The ``aioflow dev`` child process, restarted on changes. Kept here rather
+    than by watchfiles.run_process, which lost track of the new child when a Ctrl-C
+    landed while it restarted one: here a stop interrupted half-way is finished by
+    the next one. (Signals are not blocked around the start: a child would inherit
+    the blocked mask across exec and never see its SIGINT.)"""
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            self.proc = subprocess.Popen(self.argv)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self.proc = subprocess.Popen(self.argv)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGINT (it drains), SIGKILL after ``timeout``; idempotent."""
