@@ -3,6 +3,7 @@ when a test first asks for it), emptied before each test that uses it."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import redis.asyncio as aioredis
 
 from aioflow.redis_cluster import LocalCluster
 from aioflow.redis_server import RedisServer, free_port
+from tests.chaos.harness import Workers
 from tests.helpers import ClusterFactory, RedisFactory
 from tests.otlp_receiver import Receiver
 from tests.procs import Procs
@@ -127,3 +129,15 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
         yield r, port
     finally:
         await r.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Starts ``python -m aioflow worker tests/chaos/apps.py:app`` processes; all are
+    killed at teardown and their logs written to stderr (shown when the test fails)."""
+    pool = Workers(tmp_path / "workers")
+    try:
+        yield pool
+    finally:
+        pool.close()
+        sys.stderr.write(pool.logs())

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 import aiohttp
@@ -60,18 +58,6 @@ RECOVERS = BLOCK_GRACE + 1.0 + 5.0 + 3 * RT + 2.0
 CALL_BOUND = 2 * RT + 2 * RT + 5.0 + 1.0
 VT_LONG = 60.0  # a visibility timeout no recovery in these tests may rely on
 GUARD = 90.0  # the tests' own guard: nothing here may hang
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    """``aioflow worker tests/chaos/apps.py:app`` processes, killed at teardown (their
-    logs go to stderr, shown when a test fails)."""
-    pool = Workers(tmp_path / "workers")
-    try:
-        yield pool
-    finally:
-        pool.close()
-        sys.stderr.write(pool.logs())
 
 
 def _redis_env(**extra: str) -> dict[str, str]:

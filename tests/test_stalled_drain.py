@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 import aioflow
@@ -22,16 +18,6 @@ from tests.helpers import wait_until
 
 RT = 1.0  # the stalled worker's redis_timeout
 GRACE = 1.0
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(tmp_path / "workers")
-    try:
-        yield pool
-    finally:
-        pool.close()
-        sys.stderr.write(pool.logs())
 
 
 async def test_sigterm_on_a_stalled_link_exits_and_the_run_finishes_elsewhere(
