@@ -5,6 +5,7 @@ nothing stays pending."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -23,14 +24,17 @@ from tests.helpers import RedisFactory, wait_until
 LEGS = 10
 
 
-def fan_flow() -> aioflow.Flow:
-    """A 10-way fan-out whose legs each write ~2 KB: memory grows as runs go."""
+def fan_flow(gate: asyncio.Event | None = None) -> aioflow.Flow:
+    """A 10-way fan-out whose legs each write ~2 KB: memory grows as runs go. With a
+    ``gate``, every leg waits for it before it returns."""
     flow = aioflow.Flow("fan")
 
     async def start(data: Any) -> Any:
         return data
 
     async def leg(data: Any) -> str:
+        if gate is not None:
+            await gate.wait()
         return "x" * 2000
 
     async def join(data: dict[str, str]) -> int:
@@ -108,7 +112,8 @@ async def test_worker_rides_out_a_full_redis_and_finishes_every_accepted_run(
     completions and housekeeping are refused too. Once memory is freed, every
     accepted run completes, no message stays pending and none is dead-lettered."""
     server = redis_factory(appendonly=False, extra_args=["--maxmemory-policy", "noeviction"])
-    flow = fan_flow()
+    gate = asyncio.Event()
+    flow = fan_flow(gate)
     r = aioredis.Redis.from_url(server.url)
     accepted: list[str] = []
     refused = 0
@@ -117,16 +122,21 @@ async def test_worker_rides_out_a_full_redis_and_finishes_every_accepted_run(
         async with running([flow], server.url, concurrency=20, visibility_timeout=1.0) as stack:
             for i in range(150):
                 accepted.append(await stack.client.submit(flow, i))
-            # full while work is in flight: legs done, joins not yet
+            worker = stack.workers[0]
+
+            async def legs_running() -> bool:
+                return len(worker._inflight) >= 20  # every slot holds a leg at the gate
+
+            await wait_until(legs_running, timeout=10, what="the worker's slots to fill")
+            # full while work is in flight: the running legs finish only now
             await make_full(r)
+            gate.set()
             for i in range(20):
                 try:
                     accepted.append(await stack.client.submit(flow, 1000 + i))
                 except aioflow.RedisFull:
                     refused += 1
             assert refused == 20, "a full Redis accepted a submit"
-
-            worker = stack.workers[0]
 
             async def refused_in_the_worker() -> bool:
                 return worker.metrics.redis_full > 0
