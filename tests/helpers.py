@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +163,15 @@ class ClusterFactory:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def run_aioflow(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
-    """Run ``python -m aioflow ARGS`` (no AIOFLOW_* variables): exit code, stdout, stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")}
+async def run_aioflow(
+    *args: str, timeout: float = 20.0, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run ``python -m aioflow ARGS`` with no AIOFLOW_* variables but ``env``: exit
+    code, stdout, stderr."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIOFLOW_")},
+        **(env or {}),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -7,35 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
 from aioflow.redis_server import free_port
-from tests.helpers import ROOT, RedisFactory, wait_until
+from tests.helpers import RedisFactory, run_aioflow, wait_until
 from tests.procs import Procs, clean_env
 
 APP = "examples/hello.py:app"
 
 
 async def aioflow_cmd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``python -m aioflow ARGS`` with no AIOFLOW_* variables but ``env``: exit code,
-    stdout, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioflow", *args,
-        cwd=ROOT, env=clean_env(env), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """``python -m aioflow ARGS`` with no AIOFLOW_/OTEL_ variables but ``env``."""
+    return await run_aioflow(*args, timeout=30, env=clean_env(env))
 
 
 def one_line(err: str) -> str:
