@@ -59,8 +59,8 @@ from tests.chaos.harness import (  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 
 import aioflow  # noqa: E402
-from aioflow.engine import REDIS_ERRORS  # noqa: E402
-from aioflow.redis_server import RedisServer  # noqa: E402
+from aioflow.store.outage import REDIS_ERRORS  # noqa: E402
+from aioflow.store.redis_server import RedisServer  # noqa: E402
 
 SCENARIOS = ("sigkill", "sigstop", "redis")
 VT = 1.0

@@ -44,7 +44,7 @@ import run  # noqa: E402
 
 import aioflow  # noqa: E402
 from aioflow.redis_cluster import LocalCluster  # noqa: E402
-from aioflow.redis_server import RedisServer  # noqa: E402
+from aioflow.store.redis_server import RedisServer  # noqa: E402
 
 FLOW = "bench-single"
 

@@ -32,7 +32,7 @@ if str(HERE) not in sys.path:
 import run  # noqa: E402
 
 from aioflow.redis_cluster import LocalCluster  # noqa: E402
-from aioflow.redis_server import RedisServer  # noqa: E402
+from aioflow.store.redis_server import RedisServer  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,11 +65,11 @@ from procstat import children_of, local_redis_pid, proc_cpu, tree_cpu  # noqa: E
 from redis.asyncio import Redis  # noqa: E402
 
 import aioflow  # noqa: E402
-from aioflow import keys  # noqa: E402
 from aioflow.app import connect  # noqa: E402
-from aioflow.redis_server import RedisServer, free_port  # noqa: E402
-from aioflow.scripts import SCRIPTS  # noqa: E402
-from aioflow.topology import Backend  # noqa: E402
+from aioflow.store import keys  # noqa: E402
+from aioflow.store.redis_server import RedisServer, free_port  # noqa: E402
+from aioflow.store.scripts import SCRIPTS  # noqa: E402
+from aioflow.store.topology import Backend  # noqa: E402
 
 RESULTS = HERE / "results"
 APP_SPEC = "benchmarks/bench_app.py:app"

@@ -12,7 +12,7 @@ import redis as redis_py
 import redis.asyncio as aioredis
 
 from aioflow.redis_cluster import LocalCluster
-from aioflow.redis_server import RedisServer, free_port
+from aioflow.store.redis_server import RedisServer, free_port
 from tests.chaos.harness import Workers
 from tests.helpers import ClusterFactory, RedisFactory
 from tests.otlp_receiver import Receiver

@@ -10,7 +10,7 @@ from typing import Any
 
 import aioflow
 from aioflow.app import connect
-from aioflow.topology import RedisClient
+from aioflow.store.topology import RedisClient
 
 
 @dataclass

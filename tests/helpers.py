@@ -20,7 +20,7 @@ from typing import Any
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 from aioflow.redis_cluster import LocalCluster
-from aioflow.redis_server import RedisServer
+from aioflow.store.redis_server import RedisServer
 
 __all__ = ["ClusterFactory", "RedisFactory", "run_aioflow", "sync_cluster", "wait_until"]
 

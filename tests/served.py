@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 
 import aioflow
-from aioflow.gateway import create_app
-from aioflow.redis_server import free_port
+from aioflow.gateway.routes import create_app
+from aioflow.store.redis_server import free_port
 from tests.engine_helpers import Stack, running
 
 

@@ -1,9 +1,7 @@
 """aioflow: an asyncio-native workflow engine on Redis Streams."""
 
-from .app import App
-from .client import Client
-from .context import Context, RunStore
-from .errors import (
+from .client.client import Client
+from .core.errors import (
     AioflowError,
     BatchIncomplete,
     ConfigError,
@@ -30,13 +28,15 @@ from .errors import (
     UnknownSchedule,
     UnknownVersion,
 )
-from .model import Dag, Flow
-from .policy import RetryPolicy
-from .schedule import ScheduleState
-from .settings import Settings
-from .status import RunState, Status
-from .ticks import Schedule
-from .worker import Worker
+from .core.settings import Settings
+from .definitions.app import App
+from .definitions.model import Dag, Flow
+from .definitions.policy import RetryPolicy
+from .definitions.status import RunState, Status
+from .definitions.ticks import Schedule
+from .engine.schedule import ScheduleState
+from .worker.context import Context, RunStore
+from .worker.worker import Worker
 
 __version__ = "0.1.0"
 

@@ -32,16 +32,17 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
-from . import schedule
-from .app import App, connect
-from .client import Client
-from .clock import FakeClock
-from .errors import ConfigError, ResultTimeout
-from .keys import RunId
-from .model import Flow
-from .redis_server import RedisServer
-from .settings import Settings
-from .worker import Worker
+from .client.client import Client
+from .core.clock import FakeClock
+from .core.errors import ConfigError, ResultTimeout
+from .core.settings import Settings
+from .definitions.app import App
+from .definitions.model import Flow
+from .engine import schedule
+from .store.connect import connect
+from .store.keys import RunId
+from .store.redis_server import RedisServer
+from .worker.worker import Worker
 
 __all__ = ["FakeClock", "Kit", "eventually", "run_flow"]
 

@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 
 import aioflow
 from aioflow.app import connect
-from aioflow.engine import REDIS_ERRORS
-from aioflow.topology import Backend, RedisClient
+from aioflow.store.outage import REDIS_ERRORS
+from aioflow.store.topology import Backend, RedisClient
 
 EXEC_PREFIX = "chaos:x:"
 TOTAL = "chaos:total"

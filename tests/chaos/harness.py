@@ -22,9 +22,10 @@ import redis.asyncio as aioredis
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from aioflow import codec, keys
-from aioflow.engine import REDIS_ERRORS
-from aioflow.keys import RunId
+from aioflow.core import codec
+from aioflow.store import keys
+from aioflow.store.keys import RunId
+from aioflow.store.outage import REDIS_ERRORS
 from tests.chaos import apps
 from tests.helpers import wait_until
 

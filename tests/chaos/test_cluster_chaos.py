@@ -13,9 +13,10 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 import aioflow
-from aioflow import codec, keys
-from aioflow.keys import RunId
-from aioflow.redis_server import free_port
+from aioflow.core import codec
+from aioflow.store import keys
+from aioflow.store.keys import RunId
+from aioflow.store.redis_server import free_port
 from tests.chaos import apps
 from tests.chaos.harness import ROOT, Workers
 from tests.helpers import ClusterFactory, wait_until

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 import aioflow
-from aioflow.keys import RunId
+from aioflow.store.keys import RunId
 from tests.chaos.harness import (
     WorkerProc,
     Workers,

@@ -15,8 +15,8 @@ import redis as redis_py
 from redis.asyncio import Redis
 
 import aioflow
-from aioflow.engine import REDIS_ERRORS
-from aioflow.redis_server import RedisServer
+from aioflow.store.outage import REDIS_ERRORS
+from aioflow.store.redis_server import RedisServer
 from tests.chaos import apps
 from tests.chaos.harness import (
     APP,

@@ -1,0 +1,2 @@
+"""The ``aioflow`` command: parsing, the long-running commands (serve, worker, dev),
+the one-shot commands, logging and ``dev --reload``."""

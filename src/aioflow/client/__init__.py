@@ -1,0 +1,1 @@
+"""The Python client: the same methods straight through Redis or over HTTP."""

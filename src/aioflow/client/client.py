@@ -1,0 +1,362 @@
+"""The Python client: start runs and get their results, straight through Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+
+from aioflow.core.errors import ConfigError, UnknownFlow
+from aioflow.core.settings import Settings
+from aioflow.definitions.model import Flow
+from aioflow.definitions.priority import Priority
+from aioflow.definitions.status import RunState, Status
+from aioflow.engine import schedule
+from aioflow.engine.engine import Engine, register, translate
+from aioflow.observability import tracing
+from aioflow.store.connect import connect
+from aioflow.store.keys import RunId
+
+from .http_client import HttpClient
+
+
+def _name(flow: str | Flow) -> str:
+    return flow.name if isinstance(flow, Flow) else flow
+
+
+def _flow_name(flow: str | Flow | None) -> str | None:
+    return None if flow is None else _name(flow)
+
+
+DEV_URL_FILE = Path(".aioflow") / "redis.url"
+
+
+def default_url() -> str:
+    """``AIOFLOW_REDIS_URL``, else the ``.aioflow/redis.url`` that ``aioflow dev`` wrote
+    in the working directory; raises ConfigError when there is neither."""
+    url = Settings.from_env().redis_url
+    if url:
+        return url
+    try:
+        url = DEV_URL_FILE.read_text().strip()
+    except FileNotFoundError:
+        url = ""
+    if not url:
+        raise ConfigError(
+            "Client() found no Redis: pass a URL (redis://... or http(s)://gateway), set "
+            f"AIOFLOW_REDIS_URL, or start `aioflow dev` here (it writes {DEV_URL_FILE})"
+        )
+    return url
+
+
+class Client:
+    """``async with aioflow.Client("redis://...") as client:`` — runs flows.
+
+    Pass a ``redis://`` URL (direct), an ``http(s)://`` gateway URL (with
+    ``token=`` when the gateway wants one; the same methods over HTTP, see
+    :class:`~aioflow.http_client.HttpClient`), or an existing ``redis`` client
+    (which the client will not close). With none, ``AIOFLOW_REDIS_URL`` is used,
+    then the ``.aioflow/redis.url`` that ``aioflow dev`` writes in the working
+    directory; :class:`~aioflow.ConfigError` when there is no such thing.
+    Raises :class:`~aioflow.UnknownFlow` for a flow no worker or gateway has
+    registered (submitting a :class:`~aioflow.Flow` object registers it instead),
+    :class:`~aioflow.RunFailed` / :class:`~aioflow.RunStopped` for runs that did
+    not complete, :class:`~aioflow.RedisUnavailable` when Redis (or, over HTTP,
+    the gateway: :class:`~aioflow.GatewayUnavailable`) cannot be reached.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        redis: Redis | None = None,
+        result_ttl: float | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._http: HttpClient | None = None
+        self._owned = False
+        if redis is None:
+            url = redis_url or default_url()
+            if url.startswith(("http://", "https://")):
+                self._http = HttpClient(url, token=token)
+                return
+            redis = connect(url)
+            self._owned = True
+        self._redis = redis
+        env = Settings.from_env()
+        self._engine = Engine.from_settings(
+            redis,
+            env,
+            result_ttl=result_ttl or env.result_ttl,
+            tracing=tracing.configure(env.tracing, role="client"),
+        )
+
+    @property
+    def redis(self) -> Redis:
+        """The Redis client (not in HTTP mode: ConfigError)."""
+        if self._http is not None:
+            raise ConfigError("an HTTP client has no Redis connection")
+        return self._redis
+
+    @property
+    def engine(self) -> Engine:
+        if self._http is not None:
+            raise ConfigError("an HTTP client has no engine")
+        return self._engine
+
+    async def _registering(self, flow: str | Flow, call: Any) -> Any:
+        """``call()``; on UnknownFlow for a Flow object, register it and call again."""
+        try:
+            return await call()
+        except UnknownFlow:
+            if not isinstance(flow, Flow):
+                raise
+        await self.engine.start()
+        await register(self.engine.redis, [flow], fast=self.engine.fast)
+        return await call()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            return
+        await self.engine.close()
+        if self._owned:
+            await self.redis.aclose()
+
+    async def submit(
+        self,
+        flow: str | Flow,
+        data: Any = None,
+        *,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+        delay: float | None = None,
+        callback_url: str | None = None,
+        priority: Priority | None = None,
+    ) -> str:
+        """Start a run and return its id without waiting. ``run_id`` names the run
+        (``[A-Za-z0-9_-]{1,64}``): if that run exists, its id is returned and no
+        second run starts. ``options`` become ``ctx.options``; ``delay`` defers
+        the start by that many seconds (not over HTTP). ``callback_url`` gets a
+        POST of the result or error when the run ends (see the README). A ``Flow``
+        object pins the run to its own version (registering it if needed); a name
+        pins the newest version served (see the README's "Versions and rolling
+        deploys").
+        ``priority``
+        is ``"high"``, ``"default"`` or ``"low"``: workers take higher priorities
+        first, weighted so that lower ones still progress; every vertex of the run
+        keeps it. Raises :class:`InvalidPriority` for another value."""
+        if self._http is not None:
+            return await self._http.submit(
+                _name(flow),
+                data,
+                run_id=run_id,
+                options=options,
+                delay=delay,
+                callback_url=callback_url,
+                priority=priority,
+            )
+
+        async def call() -> str:
+            rid, _ = await self.engine.submit(
+                flow,
+                data,
+                run_id=run_id,
+                options=options,
+                delay=delay,
+                callback_url=callback_url,
+                priority=priority,
+            )
+            return str(rid)
+
+        async with translate():
+            return str(await self._registering(flow, call))
+
+    async def submit_many(
+        self,
+        flow: str | Flow,
+        inputs: Iterable[Any],
+        *,
+        options: dict[str, list[str]] | None = None,
+        run_ids: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Start one run per input and return their ids, in input order.
+
+        ``run_ids``, when given, has one entry per input: a caller-chosen id
+        (deduplicated as with :meth:`submit`: an id that exists, or repeats in
+        the batch, answers the existing run's id and starts nothing) or None for
+        a generated one. ``options`` become every run's ``ctx.options``.
+
+        Every item is checked before anything is sent: a value that cannot be
+        serialised or is larger than ``max_value``, a malformed id or a
+        ``run_ids`` of the wrong length raises :class:`~aioflow.InvalidBatch`
+        and no run is submitted. Runs go out as one script call per partition
+        per 500 runs; each call is atomic. If Redis fails part-way,
+        :class:`~aioflow.BatchIncomplete` lists the run ids that were confirmed
+        and those whose fate is unknown. Over HTTP this is one
+        ``POST /flow/{name}/batch`` (at most the gateway's ``max_batch`` items).
+        """
+        if self._http is not None:
+            return await self._http.submit_many(
+                _name(flow), inputs, options=options, run_ids=run_ids
+            )
+
+        async def call() -> list[str]:
+            pairs = await self.engine.submit_many(flow, inputs, options=options, run_ids=run_ids)
+            return [str(rid) for rid, _ in pairs]
+
+        async with translate():
+            ids: list[str] = await self._registering(flow, call)
+            return ids
+
+    async def execute(
+        self,
+        flow: str | Flow,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+        callback_url: str | None = None,
+        priority: Priority | None = None,
+    ) -> Any:
+        """Start a run and return its result. Raises RunFailed, RunStopped, or
+        ResultTimeout after ``timeout`` seconds (the run goes on). ``priority``
+        as for :meth:`submit`."""
+        if self._http is not None:
+            return await self._http.execute(
+                _name(flow),
+                data,
+                timeout=timeout,
+                run_id=run_id,
+                options=options,
+                callback_url=callback_url,
+                priority=priority,
+            )
+
+        async def call() -> Any:
+            rid, outcome = await self.engine.execute(
+                flow,
+                data,
+                timeout=timeout,
+                run_id=run_id,
+                options=options,
+                callback_url=callback_url,
+                priority=priority,
+            )
+            return self.engine.unwrap(rid, outcome)
+
+        async with translate():
+            return await self._registering(flow, call)
+
+    async def result(
+        self, run_id: str, timeout: float | None = None, *, flow: str | Flow | None = None
+    ) -> Any:
+        """Wait for a run's result (forever when ``timeout`` is None).
+
+        ``run_id`` is the id :meth:`submit` returned, or, with ``flow``, the
+        ``run_id=`` its caller chose (as for every method below). Raises
+        :class:`~aioflow.InvalidRunId` for a caller-chosen id without ``flow``."""
+        if self._http is not None:
+            return await self._http.result(run_id, timeout, flow=_flow_name(flow))
+        async with translate():
+            rid = await self.engine.run_id(run_id, flow)
+            return self.engine.unwrap(rid, await self.engine.wait(rid, timeout))
+
+    async def state(self, run_id: str, *, flow: str | Flow | None = None) -> RunState:
+        """The run's status, per-vertex status, result or error."""
+        if self._http is not None:
+            return await self._http.state(run_id, flow=_flow_name(flow))
+        async with translate():
+            return await self.engine.state(await self.engine.run_id(run_id, flow))
+
+    async def _control(self, run_id: str, flow: str | Flow | None, action: str) -> Status:
+        if self._http is not None:
+            return await self._http.control(run_id, action, flow=_flow_name(flow))
+        async with translate():
+            return await self.engine.control(await self.engine.run_id(run_id, flow), action)
+
+    async def pause(self, run_id: str, *, flow: str | Flow | None = None) -> Status:
+        """Start no new vertex of the run until :meth:`resume`; running ones finish."""
+        return await self._control(run_id, flow, "pause")
+
+    async def resume(self, run_id: str, *, flow: str | Flow | None = None) -> Status:
+        """Continue a paused run where it stood."""
+        return await self._control(run_id, flow, "resume")
+
+    async def stop(self, run_id: str, *, flow: str | Flow | None = None) -> Status:
+        """End the run ``stopped``: cancel its running nodes, start nothing more."""
+        return await self._control(run_id, flow, "stop")
+
+    async def retry(self, run_id: str, *, flow: str | Flow | None = None) -> int:
+        """Rerun a failed run: its failed vertices and everything downstream run
+        again; stored results of vertices that succeeded are reused. Answers the
+        number of vertices enqueued; raises InvalidTransition unless failed."""
+        if self._http is not None:
+            return await self._http.retry(run_id, flow=_flow_name(flow))
+        async with translate():
+            return await self.engine.retry(await self.engine.run_id(run_id, flow))
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters of every flow: id, run_id, vertex, reason, deliveries."""
+        if self._http is not None:
+            return await self._http.dead_letters(limit)
+        async with translate():
+            return await self.engine.dead_letters(limit)
+
+    async def replay(self, dead_letter_id: str) -> str:
+        """Replay a dead letter: its run reruns from the failed vertices. Answers the run id."""
+        if self._http is not None:
+            return await self._http.replay(dead_letter_id)
+        async with translate():
+            return await self.engine.replay(dead_letter_id)
+
+    async def runs(
+        self,
+        flow: str | Flow,
+        *,
+        status: Status | str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[RunState], str | None]:
+        """A page of the flow's runs, newest first, and the cursor of the next page.
+        Over HTTP the states carry status, created and ended only."""
+        if self._http is not None:
+            return await self._http.runs(_name(flow), status=status, limit=limit, cursor=cursor)
+        async with translate():
+            return await self.engine.runs(_name(flow), status=status, limit=limit, cursor=cursor)
+
+    async def schedules(self, flow: str | Flow) -> list[schedule.ScheduleState]:
+        """The flow's registered schedules: paused or not, last and next tick."""
+        async with translate():
+            return await schedule.states(self.engine, _name(flow))
+
+    async def pause_schedule(self, flow: str | Flow, name: str) -> schedule.ScheduleState:
+        """Stop the schedule ``name`` of ``flow`` from starting runs, in every
+        process, until :meth:`resume_schedule`. Raises UnknownFlow or
+        UnknownSchedule."""
+        async with translate():
+            return await schedule.pause(self.engine, _name(flow), name)
+
+    async def resume_schedule(self, flow: str | Flow, name: str) -> schedule.ScheduleState:
+        """Let a paused schedule tick again; the ticks that fell while it was
+        paused do not run. Raises UnknownFlow or UnknownSchedule."""
+        async with translate():
+            return await schedule.resume(self.engine, _name(flow), name)
+
+
+__all__ = ["Client", "RunId"]

@@ -1,0 +1,2 @@
+"""The HTTP gateway (aiohttp): routes, the guard in front of them, the OpenAPI
+document and the dashboard's static files."""

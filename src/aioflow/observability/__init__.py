@@ -1,0 +1,2 @@
+"""What aioflow tells the outside about itself: OpenTelemetry tracing and
+Prometheus metrics."""

@@ -1,0 +1,511 @@
+"""Running one claimed vertex message.
+
+The :class:`Executor` builds the vertex's input, calls the node function (in
+a thread for plain ``def``), opens or closes a subdag/branch/foreach scope, runs
+a finished run's flow hooks and callback, applies the retry policy and
+``on_failure``, and hands the resulting completion record to the worker,
+which applies records in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from aioflow.core import codec
+from aioflow.core.errors import (
+    DefinitionError,
+    InvalidCallbackUrl,
+    LimitExceeded,
+    NodeTimeout,
+    RunFailed,
+)
+from aioflow.core.security import (
+    SIGNATURE_HEADER,
+    CallbackPolicy,
+    PublicResolver,
+    parse_secrets,
+    sign,
+)
+from aioflow.core.settings import Settings
+from aioflow.definitions.model import Flow, is_async, takes_ctx
+from aioflow.definitions.plan import GROUPS, Plan, PNode, child_scope, parent_group
+from aioflow.definitions.status import Status
+from aioflow.observability import tracing
+from aioflow.observability.metrics import outcome
+from aioflow.store.keys import RunId
+from aioflow.store.topology import Backend, RedisClient
+
+from .context import Context, RunStore
+
+log = logging.getLogger("aioflow.worker")
+
+
+@dataclass(eq=False, slots=True)
+class Msg:
+    """A claimed vertex message and what the claim script read for it."""
+
+    stream: str
+    id: bytes
+    flow: Flow
+    plan: Plan
+    node: PNode
+    scope: str
+    uid: str
+    addr: str
+    kind: str  # "n" run the vertex (or open a group), "c" close a group, "f" run hooks
+    data: bytes | None
+    attempt: int = 0
+    fetched: list[bytes | None] = field(default_factory=list)
+    wants_ctx: bool = False
+    trace: bytes | None = None
+    # "stop", "drain" or "lease_lost" when the worker cancelled the task
+    cancelled: str | None = None
+    t0: float = 0.0  # perf_counter() when it started (metrics)
+    vstatus: str = ""  # the vertex status its completion record sets
+    timed_out: bool = False
+
+    @property
+    def rid(self) -> RunId:
+        return RunId(self.flow.name, int(self.stream.split(":")[-2].rstrip("}")), self.uid)
+
+
+FINAL = PNode("$final", "final", None, (), ())
+
+
+def marker(m: Msg) -> str:
+    """The run field whose presence means this message's work is done."""
+    if m.kind == "n" and m.node.kind in GROUPS:
+        return f"gn:{m.addr}"
+    return f"o:{m.addr}"
+
+
+@dataclass(slots=True)
+class _Fn:
+    is_async: bool
+    wants_ctx: bool
+
+
+def _inspect_fn(fn: Callable[..., Any]) -> _Fn:
+    return _Fn(is_async(fn), takes_ctx(fn))  # the rule the definition was checked by
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Executor:
+    """Runs claimed messages; ``queue(m, ops, **record)`` receives each outcome."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock: Callable[[], float],
+        threads: ThreadPoolExecutor,
+        tracing: bool,
+        queue: Callable[..., None],
+        note_due: Callable[[float], None],
+        settings: Settings | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings = settings or Settings()
+        self._secrets = parse_secrets(settings.hmac_secret)
+        self._policy = CallbackPolicy.from_settings(
+            settings.callback_allow_private, settings.callback_hosts
+        )
+        self.clock = clock
+        self.tracing = tracing
+        self._threads = threads
+        self._queue = queue
+        self._note_due = note_due
+        self._fns: dict[int, _Fn] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def redis(self) -> RedisClient:
+        return self.backend.redis
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def run(self, m: Msg) -> Any:
+        """The coroutine that runs ``m`` (inside a span when tracing)."""
+        return self._traced(m) if self.tracing else self._execute(m)
+
+    def fetch_fields(self, m: Msg) -> list[str]:
+        node = m.node
+        fields: list[str] = []
+        if m.kind == "f":
+            m.wants_ctx = True
+            return ["status", "err", "result", "cbu", "opts", *(["tp"] if self.tracing else [])]
+        if m.kind == "c":
+            fields.append(f"gk:{m.addr}")
+        elif node.parents and not (node.single_input and m.data is not None):
+            fields.extend(f"o:{m.scope}{p}" for p, _ in node.data_in)
+        if node.vertex is not None and node.vertex.fn is not None:
+            fi = self._fn_info(node.vertex.fn)
+            m.wants_ctx = fi.wants_ctx or node.vertex.on_failure is not None
+        else:
+            m.wants_ctx = False
+        if m.wants_ctx:
+            fields.append("opts")
+        if self.tracing:
+            fields.append("tp")
+        return fields
+
+    def _fn_info(self, fn: Callable[..., Any]) -> _Fn:
+        info = self._fns.get(id(fn))
+        if info is None:
+            info = self._fns[id(fn)] = _inspect_fn(fn)
+        return info
+
+    # -- executing --------------------------------------------------------------------
+
+    def _input(self, m: Msg) -> Any:
+        node = m.node
+        if not node.parents:
+            return codec.decode(m.data) if m.data is not None else None
+        if not node.data_in:
+            return None
+        if node.single_input:
+            parent, fwd = node.data_in[0]
+            raw = m.data if m.data is not None else m.fetched[0]
+            value = codec.decode(raw) if raw is not None else None
+            return fwd(value) if fwd is not None else value
+        values = {}
+        for (parent, fwd), raw in zip(node.data_in, m.fetched, strict=False):
+            value = codec.decode(raw) if raw is not None else None
+            values[parent] = fwd(value) if fwd is not None else value
+        return values
+
+    def _context(self, m: Msg) -> Context:
+        opts = m.fetched[-1] if m.wants_ctx else None
+        rid = m.rid
+        return Context(
+            run_id=str(rid),
+            flow=m.flow.name,
+            vertex=m.addr,
+            attempt=m.attempt,
+            options=codec.loads(opts) if opts else {},
+            store=RunStore(self.backend.fast, rid.run),
+        )
+
+    async def _call(self, m: Msg, data: Any) -> Any:
+        v = m.node.vertex
+        assert v is not None and v.fn is not None
+        fi = self._fn_info(v.fn)
+        args = (data, self._context(m)) if fi.wants_ctx else (data,)
+        if fi.is_async:
+            coro = v.fn(*args)
+        else:
+            loop = asyncio.get_running_loop()
+            coro = loop.run_in_executor(self._threads, lambda: v.fn(*args))  # type: ignore[misc]
+        if v.timeout is None:
+            return await coro
+        deadline = asyncio.timeout(v.timeout)
+        try:
+            async with deadline:
+                out = await coro
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the node's own TimeoutError, not ours
+        else:
+            # returned after its timeout too: the cancel was lost (Python 3.11 loses one
+            # inside asyncio.wait_for, as redis-py's commands use it) or swallowed
+            if not deadline.expired():
+                return out
+        raise NodeTimeout(f"node {m.addr!r} timed out after {v.timeout:g}s") from None
+
+    async def _traced(self, m: Msg) -> None:
+        with tracing.vertex_span(m.trace, m.flow.name, str(m.rid), m.addr, m.attempt) as span:
+            try:
+                await self._execute(m)
+            finally:
+                tracing.set_outcome(span, outcome(m.vstatus, m.timed_out))
+
+    async def _execute(self, m: Msg) -> None:
+        data: Any = None
+        try:
+            if m.kind == "f":
+                await self._final(m)
+                return
+            if m.kind == "c":
+                ops = await self._close(m)
+                self._queue(m, ops[1], value=ops[0])
+                return
+            data = self._input(m)
+            node = m.node
+            vertex = node.vertex
+            if node.kind == "collect":
+                out = data
+            elif node.kind == "node":
+                if vertex is not None and vertex.aggregate is not None:
+                    data = await _maybe_await(vertex.aggregate(data))
+                out = await self._call(m, data)
+            else:
+                await self._open(m, data)
+                return
+            value = self._encode(m, out)
+            self._queue(m, self._success_ops(m, value), value=value)
+        except asyncio.CancelledError as e:
+            if m.cancelled == "stop":
+                # stopped run: ack the message, nothing else
+                self._queue(m, [], mode="r", vstatus="stopped")
+                raise
+            if m.cancelled in ("drain", "lease_lost"):
+                # handed back by _drain; or another worker owns the message now
+                raise
+            # raised by the node itself: an ordinary failure
+            await self._failed(m, e, data)
+        except Exception as e:
+            await self._failed(m, e, data)
+
+    def _encode(self, m: Msg, out: Any, what: str = "output") -> bytes:
+        value = codec.encode(out)
+        if len(value) > self.settings.max_value:
+            raise LimitExceeded(
+                f"{what} of vertex {m.addr!r} is {len(value)} bytes, "
+                f"larger than max_value={self.settings.max_value}"
+            )
+        return value
+
+    def _success_ops(self, m: Msg, value: bytes) -> list[Any]:
+        ops: list[Any] = []
+        for c in m.node.children:
+            addr = m.scope + c.name
+            if c.indegree == 1:
+                ops += ["E", addr, "n", value if c.inline else b""]
+            else:
+                ops += ["J", addr, "n", c.indegree]
+        if m.plan.exit == m.node.name:
+            if m.scope:
+                ops += ["G", parent_group(m.scope), "", ""]
+            else:
+                ops += ["F", "", "", ""]
+        return ops
+
+    async def _open(self, m: Msg, data: Any) -> None:
+        """Run choose/split and enqueue the entries of every chosen scope."""
+        node = m.node
+        v = node.vertex
+        assert v is not None
+        items: dict[str, Any]
+        if node.kind == "subdag":
+            items = {"": data}
+        elif node.kind == "branch":
+            assert v.choose is not None
+            chosen = await _maybe_await(v.choose(data))
+            chosen = [chosen] if isinstance(chosen, str) else list(dict.fromkeys(chosen or ()))
+            for c in chosen:
+                if c not in node.branches:
+                    raise DefinitionError(
+                        f"branch {m.addr!r} chose undeclared condition {c!r}; "
+                        f"declared: {sorted(node.branches)}"
+                    )
+            items = {c: data for c in chosen}
+        else:
+            assert v.split is not None
+            split = await _maybe_await(v.split(data))
+            if not isinstance(split, Mapping):
+                raise TypeError(
+                    f"foreach {m.addr!r}: split must return a mapping of key to value, "
+                    f"got {type(split).__name__}"
+                )
+            if len(split) > self.settings.max_foreach:
+                raise LimitExceeded(
+                    f"foreach {m.addr!r}: split returned {len(split)} items, "
+                    f"more than max_foreach={self.settings.max_foreach}"
+                )
+            items = {str(k): val for k, val in split.items()}
+        if not items:
+            out: Any = {}
+            if v.aggregate is not None:
+                out = await _maybe_await(v.aggregate(out))
+            value = self._encode(m, out)
+            self._queue(m, self._success_ops(m, value), value=value, marker=f"o:{m.addr}")
+            return
+        ops: list[Any] = ["S", f"gk:{m.addr}", codec.dumps(list(items)), ""]
+        for key, val in items.items():
+            plan = node.branches[key] if node.kind == "branch" else node.inner
+            assert plan is not None
+            scope = child_scope(m.scope, node.name, key)
+            enc = self._encode(m, val, f"item {key!r}")
+            ops += ["S", f"gi:{scope}", enc, ""]
+            for e in plan.entries:
+                ops += ["E", scope + e, "n", enc]
+        self._queue(m, ops, value=str(len(items)).encode(), vstatus="running")
+
+    async def _close(self, m: Msg) -> tuple[bytes, list[Any]]:
+        """Collect the results of a group's scopes into the group's output."""
+        node = m.node
+        v = node.vertex
+        assert v is not None and m.fetched[0] is not None
+        ks: list[str] = codec.loads(m.fetched[0])
+        fields = []
+        for k in ks:
+            plan = node.branches[k] if node.kind == "branch" else node.inner
+            assert plan is not None
+            fields.append(f"o:{child_scope(m.scope, node.name, k)}{plan.exit}")
+        vals: Any = await self.redis.hmget(m.rid.run, fields)
+        results = {
+            k: codec.decode(raw) if raw is not None else None
+            for k, raw in zip(ks, vals, strict=True)
+        }
+        out: Any = results[""] if node.kind == "subdag" else results
+        if v.aggregate is not None:
+            out = await _maybe_await(v.aggregate(out))
+        value = self._encode(m, out)
+        return value, self._success_ops(m, value)
+
+    async def _final(self, m: Msg) -> None:
+        """After a run ended: the flow's on_failure and finally_ hooks, then the callback."""
+        raw_status, err, result, url = m.fetched[:4]
+        status = Status((raw_status or b"failed").decode())
+        ctx = self._context(m)
+        ops: list[Any] = []
+        hook_errors = []
+        hooks: list[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] = [
+            ("finally_", m.flow.finally_, (status, ctx))
+        ]
+        if status is Status.FAILED:
+            error = RunFailed.from_error(ctx.run_id, codec.loads(err) if err else {})
+            hooks.insert(0, ("on_failure", m.flow.on_failure, (error, ctx)))
+        for name, hook, args in hooks:
+            if hook is None:
+                continue
+            try:
+                await _maybe_await(hook(*args))
+            except Exception as e:
+                log.exception("flow %s hook %s raised for run %s", m.flow.name, name, ctx.run_id)
+                hook_errors.append({"hook": name, "type": type(e).__name__, "message": str(e)})
+        if hook_errors:
+            ops += ["S", "hook_errors", codec.dumps(hook_errors), ""]
+        if url:
+            doc: dict[str, Any] = {"run_id": ctx.run_id, "flow": m.flow.name, "status": status}
+            if status is Status.COMPLETED:
+                doc["result"] = codec.decode(result) if result else None
+            elif err:
+                doc["error"] = codec.loads(err)
+                if not self.settings.expose_tracebacks:
+                    doc["error"].pop("traceback", None)
+            report = await self._callback(url.decode(), codec.dumps(doc), ctx.run_id)
+            ops += ["S", "cb", codec.dumps(report), ""]
+        self._queue(m, ops, value=b"1")
+
+    async def _callback(self, url: str, body: bytes, run_id: str) -> dict[str, Any]:
+        """POST ``body`` to ``url``: up to 3 attempts, 10 s each; the outcome is recorded.
+        The URL is checked again here (its host may resolve elsewhere by now)."""
+        report: dict[str, Any] = {"url": url, "delivered": False, "attempts": 0}
+        try:
+            await self._policy.check(url)
+        except InvalidCallbackUrl as e:
+            log.warning("callback for run %s refused: %s", run_id, e)
+            report["error"] = f"refused: {e}"
+            return report
+        if self._http is None:
+            # connections go only to the addresses the resolver checked
+            connector = (
+                None
+                if self._policy.allow_private
+                else aiohttp.TCPConnector(resolver=PublicResolver())
+            )
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10), connector=connector
+            )
+        for attempt in range(1, 4):
+            report["attempts"] = attempt
+            headers = {"Content-Type": "application/json", "X-Run-Id": run_id}
+            if self._secrets:
+                headers[SIGNATURE_HEADER] = sign(
+                    body, self._secrets[0], timestamp=int(self.clock())
+                )
+            try:
+                async with self._http.post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
+                    report["status_code"] = resp.status
+                    if resp.status < 400:
+                        report["delivered"] = True
+                        report.pop("error", None)
+                        return report
+                    report["error"] = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                report["error"] = f"{type(e).__name__}: {e}"
+            if attempt < 3:
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+        log.warning("callback for run %s to %s failed: %s", run_id, url, report.get("error"))
+        return report
+
+    async def _failed(self, m: Msg, error: BaseException, data: Any) -> None:
+        m.timed_out = isinstance(error, NodeTimeout)
+        vertex = m.node.vertex
+        if vertex is not None and vertex.kind == "node":
+            if vertex.retry.should_retry(error, m.attempt) and not isinstance(error, LimitExceeded):
+                delay = vertex.retry.delay(m.attempt)
+                due = self.clock() + delay
+                member = (
+                    "\n".join([m.uid, m.addr, m.kind, m.id.decode()]).encode()
+                    + b"\n"
+                    + (m.data or b"")
+                )
+                log.info(
+                    "run %s vertex %s attempt %d failed (%r); retry in %.2fs",
+                    m.rid,
+                    m.addr,
+                    m.attempt,
+                    error,
+                    delay,
+                    extra={
+                        "flow": m.flow.name,
+                        "run_id": str(m.rid),
+                        "vertex": m.addr,
+                        "attempt": m.attempt,
+                    },
+                )
+                self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
+                self._note_due(due)
+                if self.tracing:
+                    tracing.retried(error, m.attempt, delay)
+                return
+            if vertex.on_failure is not None:
+                try:
+                    out = await _maybe_await(vertex.on_failure(error, data, self._context(m)))
+                    value = self._encode(m, out)
+                    self._queue(m, self._success_ops(m, value), value=value)
+                    return
+                except Exception as hook_error:
+                    log.warning(
+                        "on_failure of vertex %s of run %s raised %r", m.addr, m.rid, hook_error
+                    )
+        if self.tracing:
+            tracing.mark_error(error)
+        err = {
+            "vertex": m.addr,
+            "type": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+            "attempts": m.attempt,
+        }
+        self._queue(m, ["X", codec.dumps(err), "", ""], mode="r", vstatus="failed")
+
+    def handback_ops(self, m: Msg) -> list[Any]:
+        # not counted against retries: the attempt counter goes back (a group's close
+        # never counted one)
+        ops: list[Any] = ["E", m.addr, m.kind, m.data or b""]
+        if m.kind != "c":
+            ops += ["S", f"a:{m.addr}", max(0, m.attempt - 1), ""]
+        return ops
+
+    # -- completing -------------------------------------------------------------------
