@@ -88,3 +88,48 @@ def test_exceptions_share_one_root() -> None:
 
 def test_version() -> None:
     assert isinstance(aioflow.__version__, str) and aioflow.__version__
+
+
+# Paths the README documents, each with where the object lives now. A module that
+# moved keeps a thin re-export at its documented path (see the README's Architecture).
+DOCUMENTED_PATHS = {
+    "aioflow.Worker": "aioflow.worker.worker.Worker",
+    "aioflow.worker.Worker": "aioflow.worker.worker.Worker",
+    "aioflow.app.App": "aioflow.definitions.app.App",
+    "aioflow.app.connect": "aioflow.store.connect.connect",
+    "aioflow.gateway.create_app": "aioflow.gateway.routes.create_app",
+    "aioflow.security.sign": "aioflow.core.security.sign",
+    "aioflow.security.verify": "aioflow.core.security.verify",
+    "aioflow.security.parse_secrets": "aioflow.core.security.parse_secrets",
+    "aioflow.redis_cluster.LocalCluster": "aioflow.store.redis_cluster.LocalCluster",
+    "aioflow.versions.version_of": "aioflow.definitions.versions.version_of",
+    "aioflow.status.VertexStatus": "aioflow.definitions.status.VertexStatus",
+    "aioflow.logs.configure": "aioflow.cli.logs.configure",
+    "aioflow.cli.main": "aioflow.cli.command.main",
+    "aioflow.testing.run_flow": "aioflow.testing.run_flow",
+    "aioflow.testing.Kit": "aioflow.testing.Kit",
+}
+
+
+def _resolve(path: str) -> object:
+    """The object at a dotted path: the longest importable module, then attributes."""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ModuleNotFoundError(path)
+
+
+def test_documented_paths_keep_working() -> None:
+    for documented, home in DOCUMENTED_PATHS.items():
+        assert _resolve(documented) is _resolve(home), documented
+
+
+def test_the_console_script_entry_point_is_callable() -> None:
+    # [project.scripts] aioflow = "aioflow.cli:main"
+    assert callable(importlib.import_module("aioflow.cli").main)

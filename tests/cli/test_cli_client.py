@@ -55,7 +55,7 @@ async def aioflow_cli(*args: str, stdin: bytes = b"", cwd: Path = ROOT) -> tuple
 def cli_in_thread(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """``aioflow ARGS`` in this process (its own event loop, in a thread): exit code,
     stdout, stderr. Cheaper than a process; one test below runs the real command."""
-    from aioflow.cli.main import main
+    from aioflow.cli.command import main
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 import aioflow
-from aioflow.cli.main import _own_redis
+from aioflow.cli.command import _own_redis
 from aioflow.redis_cluster import LocalCluster
 from aioflow.store.redis_server import free_port
 from tests.helpers import run_aioflow, sync_cluster, wait_until

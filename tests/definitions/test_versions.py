@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 import aioflow
 from aioflow import versions
-from aioflow.cli.main import _flows
+from aioflow.cli.command import _flows
 from aioflow.engine.engine import register
 from aioflow.gateway.routes import create_app
 from aioflow.store import keys

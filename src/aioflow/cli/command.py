@@ -1,7 +1,7 @@
 """The ``aioflow`` command: parse arguments, load ``module:app``, run, return an exit code.
 
 ``serve``, ``worker`` and ``dev`` live here; the one-shot client commands in
-:mod:`aioflow.cli_client`. Usage and environment errors (a bad URL, a busy port,
+:mod:`aioflow.cli.oneshot`. Usage and environment errors (a bad URL, a busy port,
 an app that does not import) exit 2 with one line on stderr; ``--log-level
 DEBUG`` adds the traceback."""
 
@@ -35,8 +35,7 @@ from aioflow.store.redis_server import DirLock, DirLocked, RedisServer, free_por
 from aioflow.worker.supervisor import Supervisor, parse_processes, worker_command
 from aioflow.worker.worker import Worker
 
-from . import commands as cli_client
-from . import logs
+from . import logs, oneshot
 
 log = logging.getLogger("aioflow")
 
@@ -91,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("app", help="module:app or path/to/file.py:app")
-        cli_client.add_url(sp, gateway=False, default="the app's redis_url, AIOFLOW_REDIS_URL")
+        oneshot.add_url(sp, gateway=False, default="the app's redis_url, AIOFLOW_REDIS_URL")
 
     def web_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--host", default=None)
@@ -131,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--replicas", type=int, default=0, help="replicas per master (--cluster)")
     sp.add_argument("--reload", action="store_true", help="restart on code changes (watchfiles)")
-    cli_client.add_parsers(sub)
+    oneshot.add_parsers(sub)
     return p
 
 
@@ -195,7 +194,7 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
                 # asked to stop while it still waited for Redis: nothing to drain
                 if not signalled.is_set() or isinstance(e, AioflowError):
                     raise
-                log.info("stopped before Redis at %s answered", cli_client.shown(s.redis_url))
+                log.info("stopped before Redis at %s answered", oneshot.shown(s.redis_url))
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -216,7 +215,7 @@ async def _health(app: App) -> int:
 
 async def _flows(name: str | None, url: str | None) -> int:
     """What ``aioflow flows [NAME] --url URL`` prints."""
-    return await cli_client.run(argparse.Namespace(command="flows", name=name, url=url))
+    return await oneshot.run(argparse.Namespace(command="flows", name=name, url=url))
 
 
 def _fail(e: BaseException) -> int:
@@ -242,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
-    if args.command in cli_client.COMMANDS:
-        return _run(lambda: cli_client.run(args))
+    if args.command in oneshot.COMMANDS:
+        return _run(lambda: oneshot.run(args))
     app = load_app(args.app)
     overrides = {
         k: getattr(args, k, None)
@@ -251,9 +250,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     }
     app.settings = app.settings.replace(redis_url=args.url, **overrides)
     if app.settings.redis_url:
-        cli_client.check_url(
-            app.settings.redis_url, gateway=False, command=f"aioflow {args.command}"
-        )
+        oneshot.check_url(app.settings.redis_url, gateway=False, command=f"aioflow {args.command}")
     if args.command == "serve":
         return _run(lambda: _serve(app, worker=False, gateway=True))
     if args.command == "worker":
