@@ -110,6 +110,8 @@ def _package(frame: str) -> str:
         return "asyncio (stdlib)"
     if path.startswith("uvloop/"):
         return "uvloop"
+    if path.startswith("bench/"):  # the run.py package
+        return "benchmark"
     if "/" not in path and path.endswith(".py"):
         return "benchmark" if path in ("run.py", "bench_app.py") else f"stdlib ({path})"
     return path.split("/", 1)[0]
@@ -125,6 +127,8 @@ _ROOTS = (
     "Runner.run (asyncio/runners.py)",
     "main (run.py)",
     "bench (run.py)",
+    "main (bench/cli.py)",
+    "bench (bench/suite.py)",
     "run.<locals>.wrapper (uvloop/__init__.py)",
 )
 
