@@ -121,8 +121,8 @@ def _package(frame: str) -> str:
 _ROOTS = (
     "(<frozen runpy>)",
     "<module> (",
-    "main (aioflow/cli.py)",
-    "_run (aioflow/cli.py)",
+    "main (aioflow/cli/command.py)",
+    "_run (aioflow/cli/command.py)",
     "run (uvloop/__init__.py)",
     "Runner.run (asyncio/runners.py)",
     "main (run.py)",
