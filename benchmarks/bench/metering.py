@@ -202,7 +202,12 @@ class Meter:
         await self.redis.slowlog_reset()
         if len(entries) >= SLOWLOG_MAX:
             print(" (slowlog full: script stats cover only the last part)", end="")
-        names = {sha.encode(): name for name, sha in SCRIPTS.sha.items()}
+        # Redis 7 runs the flagged (#!lua) scripts, older servers the plain ones
+        names = {
+            sha.encode(): name
+            for shas in (SCRIPTS.sha, SCRIPTS.flagged_sha)
+            for name, sha in shas.items()
+        }
         agg: dict[str, list[tuple[int, int]]] = {}
         for e in entries:
             cmd: bytes = e["command"]
