@@ -4,8 +4,8 @@ partition per chunk of runs (``submit_many.lua``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from aioflow.core import codec
 from aioflow.core.errors import AioflowError, BatchIncomplete, InvalidBatch, InvalidRunId
@@ -14,13 +14,29 @@ from aioflow.observability.tracing import run_span
 from aioflow.store import keys
 from aioflow.store.keys import RunId
 from aioflow.store.scripts import SCRIPTS
+from aioflow.store.topology import Conn
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from .registry import FlowInfo
+from .replicas import acknowledged
 
 CHUNK = 500
 """Runs per script call: large enough to amortise the round trip, small enough
 that one call keeps Redis busy for a few milliseconds at most."""
+
+
+class Submitter(Protocol):
+    """What a bulk submit uses of the engine it submits through (an
+    :class:`~aioflow.engine.engine.Engine`): its settings, read at each call,
+    its connection and the version a new run pins."""
+
+    fast: Conn
+    clock: Callable[[], float]
+    tracing: bool
+    max_value: int | None
+    submit_replicas: int
+    submit_replicas_timeout: float
+
+    async def pin(self, flow: str | Flow, version: str | None = None) -> FlowInfo: ...
 
 
 def _prepare(
@@ -60,7 +76,7 @@ def _prepare(
 
 
 async def submit_many(
-    engine: Engine,
+    engine: Submitter,
     flow: str | Flow,
     inputs: Iterable[Any],
     *,
@@ -123,5 +139,7 @@ async def submit_many(
         ) from first_error
     if engine.submit_replicas:  # as submit does: WAIT once on each partition's master
         for idx in by_part.values():
-            await engine._replicated(rids[idx[0]])
+            await acknowledged(
+                engine.fast, rids[idx[0]], engine.submit_replicas, engine.submit_replicas_timeout
+            )
     return list(zip(rids, created, strict=True))

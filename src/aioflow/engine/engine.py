@@ -49,6 +49,7 @@ from aioflow.store.topology import Backend, Conn, RedisClient, Router, Subscript
 from . import bulk
 from . import registry as versions
 from .registry import FlowInfo, partitions_of
+from .replicas import acknowledged
 from .rerun import rerun
 
 log = logging.getLogger("aioflow")
@@ -508,20 +509,8 @@ class Engine:
         if created and self.on_submitted is not None:
             self.on_submitted(info.name)
         if self.submit_replicas:
-            await self._replicated(rid)
+            await acknowledged(self.fast, rid, self.submit_replicas, self.submit_replicas_timeout)
         return rid, bool(created)
-
-    async def _replicated(self, rid: RunId) -> None:
-        # WAIT counts the replicas that have this connection's writes: the submit
-        # went over the router's connection to the run's master, and so does WAIT
-        n, ms = self.submit_replicas, int(self.submit_replicas_timeout * 1000)
-        acked = int(await self.fast.execute_on(self.fast.addr_for(rid.stream), "WAIT", n, ms))
-        if acked < n:
-            raise RedisUnavailable(
-                f"run {rid} was submitted but only {acked} of {n} replicas acknowledged it "
-                f"within {self.submit_replicas_timeout}s: a failover now could lose it; "
-                "submitting again with the same run_id is safe"
-            )
 
     async def submit_many(
         self,
