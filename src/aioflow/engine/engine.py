@@ -1,60 +1,60 @@
 """What the client and the gateway share: submitting runs, waiting for them,
-reading their state, steering them. Workers never need this module."""
+reading their state, steering them. Workers never need this module.
+
+:class:`Engine` owns the connections and submits and waits itself (the per-run
+path); it hands the rest to the modules that hold it: :mod:`.catalog` (which
+definition a run uses), :mod:`.waiting`, :mod:`.runs`, :mod:`.steering`,
+:mod:`.dead_letters`, :mod:`.bulk` and :mod:`.memory`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import math
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aioflow.core import codec
-from aioflow.core.aio import cancel_and_wait
 from aioflow.core.errors import (
     AioflowError,
     InvalidCallbackUrl,
-    InvalidCursor,
-    InvalidRunId,
-    InvalidTransition,
     LimitExceeded,
     RedisFull,
     RedisUnavailable,
-    ResultTimeout,
-    RunFailed,
-    RunNotFound,
-    RunStopped,
-    UnknownFlow,
-    UnknownVersion,
 )
 from aioflow.core.settings import Settings
 from aioflow.definitions.model import Flow
-from aioflow.definitions.plan import Plan, compile_dag, dag_from_description
+from aioflow.definitions.plan import Plan
 from aioflow.definitions.priority import SUFFIX
 from aioflow.definitions.priority import check as check_priority
-from aioflow.definitions.status import RunState, Status, parse_state
+from aioflow.definitions.status import RunState, Status
 from aioflow.observability import tracing
 from aioflow.observability.tracing import run_span
 from aioflow.store import keys
 from aioflow.store.keys import RunId
 from aioflow.store.outage import REDIS_ERRORS, is_oom
 from aioflow.store.scripts import SCRIPTS
-from aioflow.store.topology import Backend, Conn, RedisClient, Router, Subscriptions
+from aioflow.store.topology import Backend, Conn, RedisClient
 
-from . import bulk
+from . import bulk, dead_letters, runs, steering, waiting
 from . import registry as versions
+from .catalog import Catalog
+from .memory import memory_full
 from .registry import FlowInfo, partitions_of
 from .replicas import acknowledged
-from .rerun import rerun
+from .waiting import Outcome, Waiter, fetch_outcome, settle
 
-log = logging.getLogger("aioflow")
-
-DLQ_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+__all__ = [
+    "REDIS_ERRORS",
+    "Engine",
+    "FlowInfo",
+    "Outcome",
+    "Waiter",
+    "check_callback_url",
+    "fetch_outcome",
+    "partitions_of",
+    "register",
+    "translate",
+]
 
 
 class _Translate:
@@ -78,26 +78,6 @@ def translate() -> _Translate:
     return _TRANSLATE
 
 
-def _info_fields(reply: Any) -> dict[str, Any]:
-    """An ``INFO`` reply as a dict: the lean connection's text, or what redis-py made of it."""
-    if isinstance(reply, dict):
-        return reply
-    text = reply.decode() if isinstance(reply, bytes) else str(reply)
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {k: v.strip() for k, v in pairs}
-
-
-def _parse_cursor(cursor: str) -> tuple[float, int, str]:
-    try:
-        score, part, key = cursor.split(":")
-        value = float(score)
-        if not math.isfinite(value) or not keys.RUN_KEY_RE.fullmatch(key):
-            raise ValueError(cursor)
-        return value, int(part), key
-    except ValueError:
-        raise InvalidCursor(f"invalid cursor {cursor!r}: pass the next_cursor of a page") from None
-
-
 def check_callback_url(url: str) -> str:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2048:
@@ -105,168 +85,11 @@ def check_callback_url(url: str) -> str:
     return url
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How a run ended: its status and the stored result (completed) or error JSON (failed)."""
-
-    status: Status
-    payload: bytes
-
-
 async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | None = None) -> None:
     """Record the flows' versions as served now and create their streams' consumer
     groups (see :mod:`aioflow.versions`). ``fast`` (a started router) settles
     ``partitions="auto"``; without it that is 1."""
     await versions.register(redis, flows, seen=True, fast=fast)
-
-
-class Waiter:
-    """Waits for runs to finish with no lost wake-up.
-
-    One pub/sub connection subscribes to each partition's ``done`` channel once;
-    a waiter registers its future *after* the subscription is confirmed and
-    *before* it checks the run's status, so a completion can land in neither gap.
-    After a reconnect every pending wait is checked again.
-    """
-
-    def __init__(self, redis: RedisClient, fast: Conn) -> None:
-        self._redis = redis
-        self._fast = fast
-        # the lean subscriber where possible: redis-py's pub/sub costs ~100 us a message
-        self._sub = Subscriptions(fast, self._on_event) if isinstance(fast, Router) else None
-        self._ps = redis.pubsub() if self._sub is None else None
-        self._confirmed: dict[str, asyncio.Future[None]] = {}
-        self._seen: dict[str, int] = {}
-        self._waits: dict[tuple[str, str], list[asyncio.Future[Outcome]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._rechecks: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._sub is not None:
-            await self._sub.aclose()
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
-                await self._task
-        if self._ps is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._ps.aclose()
-
-    async def subscribe(self, channel: str) -> None:
-        fut = self._confirmed.get(channel)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._confirmed[channel] = fut
-            try:
-                if self._sub is not None:
-                    await self._sub.subscribe(channel)
-                else:
-                    assert self._ps is not None
-                    await self._ps.subscribe(channel)
-                    if self._task is None:
-                        self._task = asyncio.create_task(self._read(), name="aioflow-waiter")
-            except BaseException:
-                del self._confirmed[channel]
-                raise
-        if not fut.done():
-            timeout = self._fast.timeout
-            try:
-                async with asyncio.timeout(timeout):
-                    await asyncio.shield(fut)
-            except TimeoutError:
-                raise RedisUnavailable(
-                    f"Redis did not confirm the subscription in {timeout:g} s"
-                ) from None
-
-    def register(self, rid: RunId) -> asyncio.Future[Outcome]:
-        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waits.setdefault((keys.done_channel(rid.flow, rid.partition), rid.key), []).append(
-            fut
-        )
-        return fut
-
-    def unregister(self, rid: RunId, fut: asyncio.Future[Outcome]) -> None:
-        k = (keys.done_channel(rid.flow, rid.partition), rid.key)
-        futs = self._waits.get(k)
-        if futs is not None:
-            with contextlib.suppress(ValueError):
-                futs.remove(fut)
-            if not futs:
-                del self._waits[k]
-
-    def _resolve(self, channel: str, key: str, outcome: Outcome) -> None:
-        for fut in self._waits.pop((channel, key), []):
-            if not fut.done():
-                fut.set_result(outcome)
-
-    async def _read(self) -> None:
-        assert self._ps is not None
-        backoff = 0.05
-        while not self._closed:
-            try:
-                msg = await self._ps.get_message(timeout=1.0)
-                backoff = 0.05
-            except REDIS_ERRORS:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if msg is not None:
-                self._on_event(msg["type"], msg["channel"], msg["data"])
-
-    def _on_event(self, kind: bytes | str, channel_raw: bytes, data: Any) -> None:
-        channel = channel_raw.decode()
-        if kind in (b"message", "message", b"smessage", "smessage"):
-            key, status, payload = data.split(b"\n", 2)
-            self._resolve(channel, key.decode(), Outcome(Status(status.decode()), payload))
-        elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
-            fut = self._confirmed.get(channel)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            self._seen[channel] = self._seen.get(channel, 0) + 1
-            if self._seen[channel] > 1:  # a re-subscription after a reconnect
-                task = asyncio.create_task(self._recheck(channel))
-                self._rechecks.add(task)
-                task.add_done_callback(self._rechecks.discard)
-        elif kind == b"down":
-            # no connection to the channel's node for longer than the Redis timeout
-            # (conn.Subscriber): a wait on it could last forever, so it fails now
-            err = RedisUnavailable(f"lost the subscription to Redis ({channel}); retry")
-            for ch, key in [k for k in self._waits if k[0] == channel]:
-                for waiting in self._waits.pop((ch, key), []):
-                    if not waiting.done():
-                        waiting.set_exception(err)
-
-    async def _recheck(self, channel: str) -> None:
-        for ch, key in list(self._waits):
-            if ch != channel:
-                continue
-            flow, part = ch[4:].split("}")[0].split(":")
-            try:
-                outcome = await fetch_outcome(self._fast, RunId(flow, int(part), key))
-            except REDIS_ERRORS:
-                continue
-            except RunNotFound as e:
-                # after a failover: the run's submit was lost with the old master
-                for fut in self._waits.pop((ch, key), []):
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            if outcome is not None:
-                self._resolve(ch, key, outcome)
-
-
-async def fetch_outcome(fast: Conn, rid: RunId) -> Outcome | None:
-    """The outcome of a finished run, None while it runs; raises RunNotFound."""
-    vals: Any = await fast.execute("HMGET", rid.run, "status", "result", "err", idempotent=True)
-    status, result, err = vals
-    if status is None:
-        raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
-    st = Status(status.decode())
-    if not st.finished:
-        return None
-    return Outcome(st, result if st is Status.COMPLETED else (err or b""))
 
 
 class Engine:
@@ -297,12 +120,11 @@ class Engine:
         self.max_value = max_value
         self.fast = self.backend.fast  # submit and result reads: the per-run path
         self.pins = versions.Pins(self.backend, window=version_wait)
+        self.catalog = Catalog(self.backend, self.pins)
         self.tracing = tracing
         self.result_ttl = result_ttl
         self.clock = clock
         self._waiter: Waiter | None = None
-        self._flows: dict[str, FlowInfo] = {}
-        self._pinned: dict[str, tuple[dict[str, Any], FlowInfo]] = {}  # newest doc -> info
         self.on_submitted: Callable[[str], None] | None = None  # called per run created
 
     @classmethod
@@ -348,54 +170,20 @@ class Engine:
         leaves out of the count (replication and AOF buffers), is over ``maxmemory``
         (the check Redis itself makes before a write). Raises Redis connection errors."""
         await self.start()
-        full: list[str] = []
-        for addr in self.fast.masters:
-            info = _info_fields(await self.fast.execute_on(addr, "INFO", "memory"))
-            limit = int(info.get("maxmemory", 0))
-            used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
-            if limit and used > limit:
-                where = f"{addr[0]}:{addr[1]}" if addr[0] else "Redis"
-                full.append(f"{where} uses {used} bytes, over its maxmemory of {limit}")
-        return full
+        return await memory_full(self.fast)
+
+    # -- definitions: the catalog -------------------------------------------------
 
     async def flow_info(self, name: str) -> FlowInfo:
-        info = self._flows.get(name)
-        if info is None:
-            keys.check_flow_name(name)
-            await self.start()
-            raw: Any = await self.redis.hget(keys.FLOWS, name)
-            if raw is None:
-                raise UnknownFlow(
-                    f"unknown flow {name!r}: no worker or gateway serving it has registered it"
-                )
-            info = FlowInfo.from_doc(codec.loads(raw))
-            self._flows[name] = info
-        return info
+        return await self.catalog.flow_info(name)
 
     async def flows(self) -> list[FlowInfo]:
-        await self.start()
-        raw: Any = await self.redis.hgetall(keys.FLOWS)
-        return [FlowInfo.from_doc(codec.loads(doc)) for _, doc in sorted(raw.items())]
+        return await self.catalog.flows()
 
     async def pin(self, flow: str | Flow, version: str | None = None) -> FlowInfo:
         """The definition a new run of ``flow`` pins: a Flow object's own version
         (registered if needed), ``version`` if given, else the newest served one."""
-        if isinstance(flow, Flow):
-            version = await self.pins.ensure(flow)
-            flow = flow.name
-        keys.check_flow_name(flow)
-        if version is not None:
-            doc = await self.pins.doc(flow, version)
-            if doc is None:
-                raise UnknownVersion(f"flow {flow!r} has no version {version!r} in the registry")
-            return FlowInfo.from_doc(doc)
-        doc = await self.pins.newest(flow)
-        if doc is None:
-            return await self.flow_info(flow)
-        hit = self._pinned.get(flow)
-        if hit is None or hit[0] is not doc:  # the same doc while the pins cache holds it
-            hit = self._pinned[flow] = (doc, FlowInfo.from_doc(doc))
-        return hit[1]
+        return await self.catalog.pin(flow, version)
 
     async def run_id(self, run_id: str | RunId, flow: str | Flow | None = None) -> RunId:
         """The run that a run id argument names: a full run id as returned by
@@ -405,57 +193,21 @@ class Engine:
         a malformed id, a run id of another flow or a caller-chosen id without
         ``flow``; :class:`UnknownFlow` for a caller-chosen id of a flow nobody
         registered."""
-        name = flow.name if isinstance(flow, Flow) else flow
-        if isinstance(run_id, RunId):
-            if name is not None and run_id.flow != name:
-                raise InvalidRunId(f"run id {run_id} does not belong to flow {name!r}")
-            return run_id
-        ref = keys.parse_run_ref(run_id, name)
-        if isinstance(ref, RunId):
-            return ref
-        assert flow is not None and name is not None  # parse_run_ref saw to it
-        now, before = await self._partition_counts(flow)
-        parts = sorted({keys.partition_for(ref, n, caller_chosen=True) for n in {now, *before}})
-        if len(parts) > 1:
-            # versions with different partition counts: the run is where it was created
-            rids = [RunId(name, p, ref) for p in parts]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for rid in rids:
-                    pipe.exists(rid.run)
-                found = await pipe.execute()
-            for rid, there in zip(rids, found, strict=True):
-                if there:
-                    return rid
-        # where a run submitted now with this id goes
-        return RunId(name, keys.partition_for(ref, now, caller_chosen=True), ref)
-
-    async def _partition_counts(self, flow: str | Flow) -> tuple[int, set[int]]:
-        """The partition count a run of ``flow`` submitted now gets, and those of the
-        flow's registered versions (older runs live under theirs)."""
-        await self.start()
-        if isinstance(flow, Flow):
-            name, now = flow.name, partitions_of(flow, self.fast)
-        else:
-            name, now = flow, (await self.pin(flow)).partitions
-        before: set[int] = set()
-        raw: Any = await self.redis.hkeys(versions.fv_key(name))
-        for v in raw:
-            doc = await self.pins.doc(name, v.decode())
-            if doc is not None:
-                before.add(int(doc.get("partitions") or 1))
-        return now, before
+        return await self.catalog.run_id(run_id, flow)
 
     async def new_run_id(
         self, flow: str, run_id: str | None = None, info: FlowInfo | None = None
     ) -> RunId:
-        info = info or await self.flow_info(flow)
-        if run_id is None:
-            key = keys.new_key()
-            part = keys.partition_for(key, info.partitions, caller_chosen=False)
-        else:
-            key = keys.check_run_key(run_id)
-            part = keys.partition_for(key, info.partitions, caller_chosen=True)
-        return RunId(flow, part, key)
+        return await self.catalog.new_run_id(flow, run_id, info)
+
+    async def plan(self, flow: str) -> Plan:
+        return await self.catalog.plan(flow)
+
+    async def run_plan(self, rid: RunId) -> Plan:
+        """The plan of the version the run is pinned to (unpinned runs: the newest)."""
+        return await self.catalog.run_plan(rid)
+
+    # -- submitting and waiting: the per-run path --------------------------------
 
     async def submit(
         self,
@@ -473,10 +225,10 @@ class Engine:
         """Start a run; answers its id and whether it was created (False: it existed).
         The run pins ``info``'s version, else the one :meth:`pin` picks."""
         prio = check_priority(priority)
-        info = info or await self.pin(flow)
+        info = info or await self.catalog.pin(flow)
         if callback_url is not None:
             check_callback_url(callback_url)
-        rid = rid or await self.new_run_id(info.name, run_id, info)
+        rid = rid or await self.catalog.new_run_id(info.name, run_id, info)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
         value = codec.encode(data)
@@ -535,8 +287,8 @@ class Engine:
         priority: str | None = None,
     ) -> tuple[RunId, Outcome | None]:
         check_priority(priority)
-        info = await self.pin(flow)
-        rid = await self.new_run_id(info.name, run_id, info)
+        info = await self.catalog.pin(flow)
+        rid = await self.catalog.new_run_id(info.name, run_id, info)
         await self.waiter.subscribe(keys.done_channel(rid.flow, rid.partition))
         fut = self.waiter.register(rid)
         try:
@@ -553,7 +305,7 @@ class Engine:
                 outcome = await fetch_outcome(self.fast, rid)
                 if outcome is not None:
                     return rid, outcome
-            return rid, await self._await(rid, fut, timeout)
+            return rid, await settle(self.fast, rid, fut, timeout)
         finally:
             self.waiter.unregister(rid, fut)
 
@@ -569,136 +321,18 @@ class Engine:
             outcome = await fetch_outcome(self.fast, rid)
             if outcome is not None:
                 return outcome
-            return await self._await(rid, fut, timeout)
+            return await settle(self.fast, rid, fut, timeout)
         finally:
             self.waiter.unregister(rid, fut)
 
-    async def _await(
-        self, rid: RunId, fut: asyncio.Future[Outcome], timeout: float | None
-    ) -> Outcome | None:
-        if timeout is None:  # the common case: no timer to arm (a wait per run)
-            outcome = await fut
-        else:
-            try:
-                async with asyncio.timeout(timeout):
-                    outcome = await fut
-            except TimeoutError:
-                return None
-        if outcome.status is Status.COMPLETED and not outcome.payload:
-            # too large to travel in the notification: read it
-            outcome = await fetch_outcome(self.fast, rid) or outcome
-        return outcome
+    # a function, not a method calling one: it runs once per result
+    unwrap = staticmethod(waiting.unwrap)
 
-    def unwrap(self, rid: RunId | str, outcome: Outcome | None) -> Any:
-        """The result of an outcome, or the exception it stands for."""
-        if outcome is None:
-            raise ResultTimeout(f"run {rid} did not finish in time")
-        if outcome.status is Status.COMPLETED:
-            return codec.decode(outcome.payload)
-        if outcome.status is Status.STOPPED:
-            raise RunStopped(str(rid))
-        err = codec.loads(outcome.payload) if outcome.payload else {}
-        raise RunFailed.from_error(str(rid), err)
+    # -- reading and steering runs -----------------------------------------------
 
     async def state(self, run_id: str | RunId) -> RunState:
         rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
-        await self.start()
-        h: Any = await self.redis.hgetall(rid.run)
-        if not h or b"status" not in h:
-            raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
-        return parse_state(str(rid), rid.flow, h)
-
-    async def control(self, run_id: str | RunId, action: str) -> Status:
-        """Pause, resume or stop a run; raises InvalidTransition when not allowed."""
-        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
-        await self.start()
-        res = await SCRIPTS.call(
-            self.fast,
-            "control",
-            rid.stream,
-            rid.key,
-            action,
-            repr(self.clock()),
-            int(self.result_ttl * 1000),
-        )
-        code, status = res[0].decode(), res[1].decode()
-        if code != "ok":
-            if not status:
-                raise RunNotFound(f"run {rid} not found (it never existed or it expired)")
-            raise InvalidTransition(f"cannot {action} run {rid}: it is {status}")
-        if action == "stop":
-            await self.redis.publish(keys.CONTROL, f"stop {rid}")
-        return Status(status)
-
-    async def retry(self, run_id: str | RunId) -> int:
-        """Rerun a failed run from its failed vertices; answers how many were enqueued."""
-        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
-        return await rerun(self.redis, rid, await self.run_plan(rid))
-
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead letters of every registered flow (at most ``limit`` each)."""
-        out: list[dict[str, Any]] = []
-        for info in await self.flows():
-            for p in range(info.partitions):
-                rows: Any = await self.redis.xrevrange(f"{keys.tag(info.name, p)}:dlq", count=limit)
-                for eid, f in rows:
-                    g = {k.decode(): v for k, v in f.items()}
-                    run_key = g.get("r", b"").decode()
-                    out.append(
-                        {
-                            "id": f"{info.name}.{p}.{eid.decode()}",
-                            "run_id": f"{info.name}.{p}.{run_key}" if run_key else None,
-                            "vertex": g.get("a", b"").decode(errors="replace"),
-                            "message_id": g.get("id", b"").decode(),
-                            "reason": g.get("reason", b"").decode(errors="replace"),
-                            "deliveries": int(g.get("deliveries", b"0")),
-                            "at": float(g.get("at", b"0")),
-                        }
-                    )
-        out.sort(key=lambda d: d["at"], reverse=True)
-        return out
-
-    async def replay(self, dead_letter_id: str) -> str:
-        """Replay a dead letter: its run (failed by it) reruns from its failed vertices
-        and the entry leaves the dead-letter stream. Answers the run id."""
-        try:
-            flow, part, eid = dead_letter_id.split(".", 2)
-            keys.check_flow_name(flow)
-            p = int(part)
-            if not DLQ_ID_RE.fullmatch(eid) or any(int(x) >= 2**64 for x in eid.split("-")):
-                raise ValueError(eid)
-        except (ValueError, InvalidRunId):
-            raise InvalidRunId(f"invalid dead letter id {dead_letter_id!r}") from None
-        await self.start()
-        rows: Any = await self.redis.xrange(f"{keys.tag(flow, p)}:dlq", eid, eid)
-        if not rows:
-            raise RunNotFound(f"no dead letter {dead_letter_id!r}")
-        f = rows[0][1]
-        if f.get(b"k") == b"?" or not f.get(b"r"):
-            raise InvalidTransition(
-                f"dead letter {dead_letter_id!r} is an undecodable message: it cannot be replayed"
-            )
-        rid = RunId(flow, p, f[b"r"].decode())
-        await rerun(self.redis, rid, await self.run_plan(rid), on_dead_letter=eid)
-        return str(rid)
-
-    async def plan(self, flow: str) -> Plan:
-        info = await self.flow_info(flow)
-        return compile_dag(dag_from_description(info.definition["dag"]))
-
-    async def run_plan(self, rid: RunId) -> Plan:
-        """The plan of the version the run is pinned to (unpinned runs: the newest)."""
-        await self.start()
-        v: Any = await self.redis.hget(rid.run, "v")
-        if not v:
-            return await self.plan(rid.flow)
-        doc = await self.pins.doc(rid.flow, v.decode())
-        if doc is None:
-            raise UnknownVersion(
-                f"run {rid} is pinned to version {v.decode()} of flow {rid.flow!r}, "
-                "which is no longer in the registry (nobody served it for version_retention)"
-            )
-        return compile_dag(dag_from_description(doc["definition"]["dag"]))
+        return await runs.state(self.backend, rid)
 
     async def runs(
         self,
@@ -714,48 +348,28 @@ class Engine:
         created at the same instant are neither skipped nor repeated across pages.
         Raises InvalidCursor for a cursor this method did not hand out.
         """
-        info = await self.flow_info(flow)
-        want = Status(status) if status else None
-        limit = max(1, min(limit, 500))
-        after = _parse_cursor(cursor) if cursor else None
-        out: list[RunState] = []
-        last: tuple[float, int, str] | None = None
-        while len(out) < limit:
-            batch: list[tuple[float, int, str]] = []
-            for p in range(info.partitions):
-                idx = f"{keys.tag(flow, p)}:i"
-                if after is None:
-                    top, extra = "+inf", 0
-                else:
-                    top, extra = (
-                        repr(after[0]),
-                        int(await self.redis.zcount(idx, after[0], after[0])),
-                    )
-                rows: Any = await self.redis.zrevrangebyscore(
-                    idx, top, "-inf", start=0, num=limit + extra, withscores=True
-                )
-                for k, score in rows:
-                    item = (float(score), p, k.decode())
-                    if after is None or item < after:
-                        batch.append(item)
-            if not batch:
-                last = None
-                break
-            batch.sort(reverse=True)
-            batch = batch[:limit]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _, p, k in batch:
-                    pipe.hgetall(RunId(flow, p, k).run)
-                hashes = await pipe.execute()
-            for item, h in zip(batch, hashes, strict=True):
-                after = last = item
-                if not h or b"status" not in h:
-                    continue
-                st = parse_state(str(RunId(flow, item[1], item[2])), flow, h)
-                if want is None or st.status is want:
-                    out.append(st)
-                    if len(out) == limit:
-                        break
-        if len(out) < limit or last is None:
-            return out, None
-        return out, f"{last[0]!r}:{last[1]}:{last[2]}"
+        info = await self.catalog.flow_info(flow)
+        return await runs.page(
+            self.backend, flow, info.partitions, status=status, limit=limit, cursor=cursor
+        )
+
+    async def control(self, run_id: str | RunId, action: str) -> Status:
+        """Pause, resume or stop a run; raises InvalidTransition when not allowed."""
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        return await steering.control(
+            self.backend, rid, action, clock=self.clock, result_ttl=self.result_ttl
+        )
+
+    async def retry(self, run_id: str | RunId) -> int:
+        """Rerun a failed run from its failed vertices; answers how many were enqueued."""
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        return await steering.retry(self.backend, self.catalog, rid)
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters of every registered flow (at most ``limit`` each)."""
+        return await dead_letters.newest(self.backend, self.catalog, limit)
+
+    async def replay(self, dead_letter_id: str) -> str:
+        """Replay a dead letter: its run (failed by it) reruns from its failed vertices
+        and the entry leaves the dead-letter stream. Answers the run id."""
+        return await dead_letters.replay(self.backend, self.catalog, dead_letter_id)

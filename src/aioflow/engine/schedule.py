@@ -258,7 +258,7 @@ class Scheduler:
     async def _fire(self, info: FlowInfo, s: Schedule, due: list[int]) -> None:
         assert self._engine is not None
         # the registered definition just read, not one cached before a deploy
-        self._engine._flows[info.name] = info
+        self._engine.catalog.remember(info)
         for t in due:
             _, created = await self._engine.submit(
                 info.name,
