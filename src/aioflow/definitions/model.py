@@ -1,16 +1,14 @@
-"""The graph model: :class:`Dag`, :class:`Flow` and their validation.
+"""The graph model: :class:`Dag` and :class:`Flow`.
 
 A dag is built incrementally (decorators, ``node``/``edge`` calls, embedded
-sub-graphs); each call validates what it adds and raises
+sub-graphs); each call validates what it adds (with :mod:`.checks`) and raises
 :class:`~aioflow.DefinitionError` naming the culprit. Whole-graph checks that
 need the finished graph (an empty graph, an empty branch) run when the dag is
-compiled into a :class:`~aioflow.plan.Plan`.
+compiled into a :class:`~aioflow.definitions.plan.Plan`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +16,25 @@ from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 from aioflow.core.errors import DefinitionError
 
+from .checks import (
+    FLOW_HOOK_SHAPES,
+    KeyFn,
+    branch_conditions,
+    check_foreach,
+    check_forward,
+    check_hook,
+    check_name,
+    fn_name,
+    node_limits,
+    node_settings,
+)
+from .checks import is_async as is_async  # the worker's import
+from .checks import takes_ctx as takes_ctx  # the worker's import
 from .policy import Rate, RetryPolicy
 from .ticks import Schedule
 
 __all__ = ["Dag", "Edge", "Flow", "Vertex"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 FLOW_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 NodeFn: TypeAlias = Callable[..., Any]
@@ -34,7 +45,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ChooseFn: TypeAlias = Callable[[Any], "Iterable[str] | Awaitable[Iterable[str]]"]
 SplitFn: TypeAlias = Callable[[Any], "Mapping[Any, Any] | Awaitable[Mapping[Any, Any]]"]
-KeyFn: TypeAlias = Callable[[Any], "str | Awaitable[str]"]
 
 
 @dataclass(eq=False)
@@ -67,190 +77,6 @@ class Edge:
     dst: str
     data: bool = True
     forward: Callable[[Any], Any] | None = None
-
-
-def check_name(name: object, what: str = "vertex") -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise DefinitionError(
-            f"invalid {what} name {name!r}: use 1-64 characters of letters, digits, '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-# -- function shapes ---------------------------------------------------------------------
-
-NODE_SHAPE = (
-    "a node function takes 1 or 2 positional parameters: data, and optionally ctx "
-    "(*args is accepted; further parameters need defaults)"
-)
-
-
-def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
-    try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):  # some builtins and C callables: cannot tell, accept
-        return None
-
-
-def _code_target(fn: Any) -> Any:
-    """What to ask whether ``fn`` is a coroutine/generator function: a callable
-    object answers through its ``__call__``; functions, methods and partials
-    through themselves (inspect unwraps partials and methods)."""
-    if inspect.isroutine(fn) or isinstance(fn, functools.partial | type):
-        return fn
-    return getattr(type(fn), "__call__", fn)  # noqa: B004 - the method, not callable()
-
-
-def is_async(fn: Callable[..., Any]) -> bool:
-    """``fn(...)`` returns a coroutine: an ``async def`` function, or a partial or
-    callable object whose call is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(_code_target(fn))
-
-
-ASYNC_GEN = "an async generator function"
-
-
-def _generator_kind(fn: Callable[..., Any]) -> str | None:
-    target = _code_target(fn)
-    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(target):
-        return ASYNC_GEN
-    if inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(target):
-        return "a generator function"
-    return None
-
-
-@dataclass(frozen=True)
-class _Params:
-    required: int  # positional parameters without a default
-    named: int  # positional parameters, *args excluded
-    star: bool  # takes *args
-    kw_required: tuple[str, ...]  # keyword-only parameters without a default
-
-    @classmethod
-    def of(cls, sig: inspect.Signature) -> _Params:
-        required = named = 0
-        star = False
-        kw_required: list[str] = []
-        for p in sig.parameters.values():
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                named += 1
-                required += p.default is p.empty
-            elif p.kind is p.VAR_POSITIONAL:
-                star = True
-            elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
-                kw_required.append(p.name)
-        return cls(required, named, star, tuple(kw_required))
-
-    def accepts(self, n: int) -> bool:
-        """Whether a call with ``n`` positional arguments binds."""
-        return self.required <= n and (self.named >= n or self.star) and not self.kw_required
-
-    def why_not(self, nargs: tuple[int, ...]) -> str:
-        if self.kw_required:
-            return f"has keyword-only parameters without a default ({', '.join(self.kw_required)})"
-        if self.required > max(nargs):
-            return f"takes {self.required} required positional parameters"
-        return f"takes {self.named or 'no'} positional parameter{'' if self.named == 1 else 's'}"
-
-
-def takes_ctx(fn: Callable[..., Any]) -> bool:
-    """Whether a node function is called as ``fn(data, ctx)`` rather than ``fn(data)``:
-    it names a second positional parameter, or takes ``*args`` after the first.
-    A function whose signature cannot be read gets ``data`` only."""
-    sig = _signature(fn)
-    if sig is None:
-        return False
-    p = _Params.of(sig)
-    return p.accepts(2) and (p.named >= 2 or (p.named == 1 and p.star))
-
-
-def _fname(fn: Any) -> str:
-    if isinstance(fn, functools.partial):
-        return f"partial({_fname(fn.func)})"
-    name = getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else f"{type(fn).__name__} object"
-
-
-def check_fn(
-    fn: Callable[..., Any],
-    where: str,
-    *,
-    nargs: tuple[int, ...],
-    shape: str,
-    generators: bool = False,
-    sync_only: bool = False,
-) -> None:
-    """Raise DefinitionError (``where``: what the function is for) unless ``fn`` can
-    be called with one of ``nargs`` positional arguments and is a kind of function
-    aioflow can use. ``shape`` says what is allowed. ``generators`` lets plain
-    generator functions through (their result is iterated); async generators never
-    are. ``sync_only`` refuses ``async def`` (the result is used without awaiting)."""
-    kind = _generator_kind(fn)
-    if kind is not None and (not generators or kind == ASYNC_GEN):
-        raise DefinitionError(
-            f"{where}: {_fname(fn)} is {kind}; return the value instead of yielding it ({shape})"
-        )
-    if sync_only and is_async(fn):
-        raise DefinitionError(f"{where}: {_fname(fn)} is async: {shape}")
-    sig = _signature(fn)
-    if sig is None:
-        return
-    params = _Params.of(sig)
-    if not any(params.accepts(n) for n in nargs):
-        bare = sig.replace(
-            parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
-            return_annotation=sig.empty,
-        )
-        raise DefinitionError(f"{where}: {_fname(fn)}{bare} {params.why_not(nargs)}: {shape}")
-
-
-AGGREGATE_SHAPE = "aggregate(values) takes one positional parameter (sync or async)"
-NODE_ON_FAILURE_SHAPE = "on_failure(error, data, ctx) takes 3 positional parameters (sync or async)"
-KEY_SHAPE = "a key function takes one positional parameter, data (sync or async)"
-FORWARD_SHAPE = "forward(value) is a plain function of one positional parameter"
-CHOOSE_SHAPE = "choose(data) takes one positional parameter (sync or async)"
-SPLIT_SHAPE = "split(data) takes one positional parameter and returns a mapping (sync or async)"
-FLOW_HOOK_SHAPES = {
-    "on_failure": "on_failure(error, ctx) takes 2 positional parameters (sync or async)",
-    "finally_": "finally_(status, ctx) takes 2 positional parameters (sync or async)",
-}
-
-
-def _check_hook(fn: Callable[..., Any], where: str, shape: str, nargs: int = 1) -> None:
-    if not callable(fn):
-        raise DefinitionError(f"{where} must be a function, got {fn!r}")
-    check_fn(fn, where, nargs=(nargs,), shape=shape)
-
-
-def _limits(
-    name: Any,
-    concurrency: int | None,
-    concurrency_key: KeyFn | None,
-    rate: str | None,
-    rate_key: KeyFn | None,
-) -> dict[str, Any]:
-    label = getattr(name, "__name__", name)
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
-        raise DefinitionError(f"node {label!r}: concurrency must be an int >= 1")
-    if concurrency_key is not None and (concurrency is None or not callable(concurrency_key)):
-        raise DefinitionError(
-            f"node {label!r}: concurrency_key must be a function, used with concurrency="
-        )
-    if rate_key is not None and (rate is None or not callable(rate_key)):
-        raise DefinitionError(f"node {label!r}: rate_key must be a function, used with rate=")
-    try:
-        parsed = Rate.parse(rate) if rate is not None else None
-    except DefinitionError as e:
-        raise DefinitionError(f"node {label!r}: {e}") from None
-    return {
-        "concurrency": concurrency,
-        "concurrency_key": concurrency_key,
-        "rate": parsed,
-        "rate_key": rate_key,
-    }
 
 
 class Dag:
@@ -385,11 +211,10 @@ class Dag:
         per value of ``rate_key(data)`` when given. Key functions get the node's
         input, may be async and return a string.
         """
-        limits = _limits(name, concurrency, concurrency_key, rate, rate_key)
+        limits = node_limits(name, concurrency, concurrency_key, rate, rate_key)
         if callable(name) and fn is None:
-            return self._node(
-                self._fn_name(name), name, after, retries, timeout, aggregate, on_failure, limits
-            )
+            named = fn_name(self._label(), name)
+            return self._node(named, name, after, retries, timeout, aggregate, on_failure, limits)
         if fn is not None:
             if not callable(fn):
                 raise DefinitionError(
@@ -401,7 +226,7 @@ class Dag:
             if not callable(f):
                 raise DefinitionError(f"{self._label()}: @node needs a function, got {f!r}")
             return self._node(
-                name if name is not None else self._fn_name(f),
+                name if name is not None else fn_name(self._label(), f),
                 f,
                 after,
                 retries,
@@ -412,15 +237,6 @@ class Dag:
             )
 
         return decorator
-
-    def _fn_name(self, fn: Any) -> str:
-        name = getattr(fn, "__name__", None)
-        if not isinstance(name, str):
-            raise DefinitionError(
-                f"{self._label()}: {fn!r} has no __name__ to name its vertex after: "
-                "give the name, node('name', fn)"
-            )
-        return name
 
     def _node(
         self,
@@ -433,36 +249,16 @@ class Dag:
         on_failure: Callable[..., Any] | None,
         limits: dict[str, Any] | None = None,
     ) -> F:
-        if isinstance(retries, RetryPolicy):
-            retry = retries
-        elif retries is None:
-            retry = RetryPolicy()
-        elif isinstance(retries, int) and not isinstance(retries, bool):
-            if retries < 0:
-                raise DefinitionError(f"node {name!r}: retries must be >= 0, got {retries}")
-            retry = RetryPolicy(retries=retries)
-        else:
-            raise DefinitionError(f"node {name!r}: retries must be an int or a RetryPolicy")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not (isinstance(timeout, int | float) and timeout > 0)
-        ):
-            raise DefinitionError(f"node {name!r}: timeout must be a positive number of seconds")
-        where = f"{self._label()}: node {name!r}"
-        check_fn(fn, where, nargs=(1, 2), shape=NODE_SHAPE)
-        if aggregate is not None:
-            _check_hook(aggregate, f"{where}: aggregate", AGGREGATE_SHAPE)
-        if on_failure is not None:
-            _check_hook(on_failure, f"{where}: on_failure", NODE_ON_FAILURE_SHAPE, nargs=3)
-        for key in ("concurrency_key", "rate_key"):
-            if limits and limits.get(key) is not None:
-                _check_hook(limits[key], f"{where}: {key}", KEY_SHAPE)
+        retry, seconds = node_settings(
+            self._label(), name, fn, retries, timeout, aggregate, on_failure, limits
+        )
         self._add(
             Vertex(
                 name,
                 "node",
                 fn=fn,
                 retry=retry,
-                timeout=float(timeout) if timeout is not None else None,
+                timeout=seconds,
                 aggregate=aggregate,
                 on_failure=on_failure,
                 **(limits or {}),
@@ -484,48 +280,15 @@ class Dag:
         :class:`DefinitionError` for unknown vertices, duplicates and cycles."""
         a = self._resolve(src, "edge source")
         b = self._resolve(dst, "edge target")
-        if forward is not None and not data:
-            raise DefinitionError(f"edge {a!r} -> {b!r}: forward= makes no sense with data=False")
-        if forward is not None:
-            if not callable(forward):
-                raise DefinitionError(
-                    f"{self._label()}: edge {a!r} -> {b!r}: forward must be a function, "
-                    f"got {forward!r}"
-                )
-            check_fn(
-                forward,
-                f"{self._label()}: edge {a!r} -> {b!r}: forward",
-                nargs=(1,),
-                shape=FORWARD_SHAPE,
-                generators=True,
-                sync_only=True,
-            )
+        check_forward(self._label(), a, b, data, forward)
         if any(e.src == a and e.dst == b for e in self.edges):
             raise DefinitionError(f"{self._label()}: duplicate edge {a!r} -> {b!r}")
-        path = self._path(b, a)
+        path = _path(self.edges, b, a)
         if path is not None:
             cycle = " -> ".join([a, *path])
             raise DefinitionError(f"{self._label()}: edge {a!r} -> {b!r} makes a cycle: {cycle}")
         self.edges.append(Edge(a, b, data=data, forward=forward))
         self._plan = None
-
-    def _path(self, start: str, goal: str) -> list[str] | None:
-        """A path start -> ... -> goal along existing edges, if any."""
-        children: dict[str, list[str]] = {}
-        for e in self.edges:
-            children.setdefault(e.src, []).append(e.dst)
-        stack: list[tuple[str, list[str]]] = [(start, [start])]
-        seen: set[str] = set()
-        while stack:
-            v, path = stack.pop()
-            if v == goal:
-                return path
-            if v in seen:
-                continue
-            seen.add(v)
-            for c in children.get(v, []):
-                stack.append((c, [*path, c]))
-        return None
 
     def subdag(self, name: str, dag: Dag, *, after: After = None) -> str:
         """Embed ``dag`` as the vertex ``name``: its entries receive this vertex's
@@ -533,7 +296,7 @@ class Dag:
         vertex's output. The same dag may be embedded any number of times."""
         if not isinstance(dag, Dag):
             raise DefinitionError(f"subdag {name!r}: expected a Dag, got {type(dag).__name__}")
-        if dag is self or dag._contains(self):
+        if dag is self or _contains(dag, self):
             raise DefinitionError(f"subdag {name!r} embeds a dag that contains this one: a cycle")
         self._add(Vertex(name, "subdag", dag=dag), after)
         return name
@@ -551,20 +314,7 @@ class Dag:
         conditions to run; each chosen branch's dag runs on this vertex's input,
         in parallel. The output is ``{condition: result}`` (``{}`` when none is
         chosen), or ``aggregate`` of it. Returns ``{condition: Dag}`` to fill in."""
-        if not callable(choose):
-            raise DefinitionError(f"branch {name!r}: choose must be a function, got {choose!r}")
-        conds = list(conditions) if conditions is not None else []
-        if not conds:
-            raise DefinitionError(f"branch {name!r} has no conditions")
-        for c in conds:
-            check_name(c, f"condition of branch {name!r}")
-        where = f"{self._label()}: branch {name!r}"
-        # a sync generator of conditions works (its items are read); an async one does not
-        check_fn(choose, f"{where}: choose", nargs=(1,), shape=CHOOSE_SHAPE, generators=True)
-        if aggregate is not None:
-            _check_hook(aggregate, f"{where}: aggregate", AGGREGATE_SHAPE)
-        if len(set(conds)) != len(conds):
-            raise DefinitionError(f"branch {name!r} declares a condition twice: {conds}")
+        conds = branch_conditions(self._label(), name, choose, conditions, aggregate)
         branches = {c: Dag() for c in conds}
         self._add(
             Vertex(name, "branch", choose=choose, branches=branches, aggregate=aggregate), after
@@ -583,28 +333,10 @@ class Dag:
         ``{key: value}``; the returned dag runs on each value, in parallel across
         workers. The output is ``{key: result}`` (``{}`` for an empty split), or
         ``aggregate`` of it. Keys are turned into strings."""
-        if split is None or not callable(split):
-            raise DefinitionError(f"foreach {name!r} needs a split function, got {split!r}")
-        where = f"{self._label()}: foreach {name!r}"
-        _check_hook(split, f"{where}: split", SPLIT_SHAPE)
-        if aggregate is not None:
-            _check_hook(aggregate, f"{where}: aggregate", AGGREGATE_SHAPE)
+        check_foreach(self._label(), name, split, aggregate)
         inner = Dag()
         self._add(Vertex(name, "foreach", split=split, dag=inner, aggregate=aggregate), after)
         return inner
-
-    def _contains(self, other: Dag, _seen: set[int] | None = None) -> bool:
-        seen = _seen if _seen is not None else set()
-        if id(self) in seen:
-            return False
-        seen.add(id(self))
-        for v in self.vertices.values():
-            for d in [v.dag, *v.branches.values()]:
-                if d is None:
-                    continue
-                if d is other or d._contains(other, seen):
-                    return True
-        return False
 
     # -- introspection ------------------------------------------------------------
 
@@ -613,6 +345,40 @@ class Dag:
         from .plan import describe
 
         return describe(self)
+
+
+def _path(edges: list[Edge], start: str, goal: str) -> list[str] | None:
+    """A path start -> ... -> goal along ``edges``, if any."""
+    children: dict[str, list[str]] = {}
+    for e in edges:
+        children.setdefault(e.src, []).append(e.dst)
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        v, path = stack.pop()
+        if v == goal:
+            return path
+        if v in seen:
+            continue
+        seen.add(v)
+        for c in children.get(v, []):
+            stack.append((c, [*path, c]))
+    return None
+
+
+def _contains(dag: Dag, other: Dag, _seen: set[int] | None = None) -> bool:
+    """Whether ``other`` is embedded in ``dag``, at any depth."""
+    seen = _seen if _seen is not None else set()
+    if id(dag) in seen:
+        return False
+    seen.add(id(dag))
+    for v in dag.vertices.values():
+        for d in [v.dag, *v.branches.values()]:
+            if d is None:
+                continue
+            if d is other or _contains(d, other, seen):
+                return True
+    return False
 
 
 class Flow(Dag):
@@ -653,7 +419,7 @@ class Flow(Dag):
             where = f"flow {name!r}: {what}"
             if not callable(hook):
                 raise DefinitionError(f"{where} must be a function, got {hook!r}")
-            _check_hook(hook, where, FLOW_HOOK_SHAPES[what], nargs=2)
+            check_hook(hook, where, FLOW_HOOK_SHAPES[what], nargs=2)
         self.name = name
         self.partitions = partitions
         self.on_failure = on_failure
