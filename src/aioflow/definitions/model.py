@@ -1,10 +1,12 @@
-"""The graph model: :class:`Dag` and :class:`Flow`.
+"""The graph model: :class:`Dag`, :class:`Flow`, the whole-graph checks and the
+description of a dag as data.
 
 A dag is built incrementally (decorators, ``node``/``edge`` calls, embedded
 sub-graphs); each call validates what it adds (with :mod:`.checks`) and raises
 :class:`~aioflow.DefinitionError` naming the culprit. Whole-graph checks that
-need the finished graph (an empty graph, an empty branch) run when the dag is
-compiled into a :class:`~aioflow.definitions.plan.Plan`.
+need the finished graph (an empty graph, an empty branch) are
+:func:`check_graph`, run when the dag is compiled into a
+:class:`~aioflow.definitions.plan.Plan` or described.
 """
 
 from __future__ import annotations
@@ -342,8 +344,6 @@ class Dag:
 
     def describe(self) -> dict[str, Any]:
         """The graph as JSON-able data (vertices, edges, entries, exits, nested dags)."""
-        from .plan import describe
-
         return describe(self)
 
 
@@ -379,6 +379,81 @@ def _contains(dag: Dag, other: Dag, _seen: set[int] | None = None) -> bool:
             if d is other or _contains(d, other, seen):
                 return True
     return False
+
+
+# -- the whole graph --------------------------------------------------------------------
+
+
+def check_graph(dag: Dag, _stack: tuple[int, ...] = ()) -> None:
+    """Raise :class:`DefinitionError` for what only the finished graph shows: no
+    vertices, no entry vertex, an empty subdag, foreach or branch, a dag embedding
+    itself. Nested dags are checked depth first in vertex order; a dag compiled
+    since it last changed has passed already."""
+    if dag._plan is not None:
+        return
+    if id(dag) in _stack:
+        raise DefinitionError(f"{dag._label()} embeds itself: a cycle")
+    label = dag._label()
+    if not dag.vertices:
+        raise DefinitionError(f"{label} has no entry vertex: it has no vertices")
+    targets = {e.dst for e in dag.edges}
+    if all(n in targets for n in dag.vertices):
+        raise DefinitionError(f"{label} has no entry vertex")
+    stack = (*_stack, id(dag))
+    for name, v in dag.vertices.items():
+        if v.kind in ("subdag", "foreach"):
+            assert v.dag is not None
+            if not v.dag.vertices:
+                raise DefinitionError(f"{label}: {v.kind} {name!r} has an empty dag")
+            check_graph(v.dag, stack)
+        elif v.kind == "branch":
+            for cond, d in v.branches.items():
+                if not d.vertices:
+                    raise DefinitionError(
+                        f"{label}: branch {name!r} condition {cond!r} has no vertices"
+                    )
+                check_graph(d, stack)
+
+
+def describe(dag: Dag) -> dict[str, Any]:
+    """See :meth:`Dag.describe`; a :class:`Flow` adds its name and partitions."""
+    check_graph(dag)
+    vertices = []
+    for name, v in dag.vertices.items():
+        item: dict[str, Any] = {
+            "name": name,
+            "kind": v.kind,
+            "retries": v.retry.retries,
+            "timeout": v.timeout,
+            "aggregate": v.aggregate is not None,
+            "on_failure": v.on_failure is not None,
+        }
+        if v.concurrency is not None:
+            item["concurrency"] = v.concurrency
+            item["concurrency_key"] = v.concurrency_key is not None
+        if v.rate is not None:
+            item["rate"] = {"count": v.rate.count, "period": v.rate.period}
+            item["rate_key"] = v.rate_key is not None
+        if v.kind in ("subdag", "foreach") and v.dag is not None:
+            item["dag"] = describe(v.dag)
+        if v.kind == "branch":
+            item["conditions"] = list(v.branches)
+            item["branches"] = {c: describe(d) for c, d in v.branches.items()}
+        vertices.append(item)
+    sources = {e.src for e in dag.edges}
+    targets = {e.dst for e in dag.edges}
+    out: dict[str, Any] = {
+        "vertices": vertices,
+        "edges": [
+            {"from": e.src, "to": e.dst, "data": e.data, "forward": e.forward is not None}
+            for e in dag.edges
+        ],
+        "entries": [n for n in dag.vertices if n not in targets],
+        "exits": [n for n in dag.vertices if n not in sources],
+    }
+    if isinstance(dag, Flow):
+        return {"name": dag.name, "partitions": dag.partitions, "dag": out}
+    return out
 
 
 class Flow(Dag):

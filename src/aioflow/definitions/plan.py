@@ -13,9 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioflow.core.errors import DefinitionError
-
-from .model import Dag, Flow, Vertex
+from .model import Dag, Vertex, check_graph
 
 OUT = "$out"  # synthetic join collecting several exits into {exit: value}
 GROUPS = ("subdag", "branch", "foreach")
@@ -54,16 +52,21 @@ class Plan:
     exit: str
 
 
-def compile_dag(dag: Dag, _stack: tuple[int, ...] = ()) -> Plan:
-    """Compile (and cache) ``dag``; raises :class:`DefinitionError` for whole-graph faults."""
+def compile_dag(dag: Dag) -> Plan:
+    """Compile (and cache) ``dag``; raises :class:`~aioflow.DefinitionError` for
+    whole-graph faults (see :func:`~aioflow.definitions.model.check_graph`)."""
     cached: Plan | None = dag._plan
     if cached is not None:
         return cached
-    if id(dag) in _stack:
-        raise DefinitionError(f"{dag._label()} embeds itself: a cycle")
-    label = dag._label()
-    if not dag.vertices:
-        raise DefinitionError(f"{label} has no entry vertex: it has no vertices")
+    check_graph(dag)
+    return _build(dag)
+
+
+def _build(dag: Dag) -> Plan:
+    """Compile ``dag``, which passed :func:`check_graph`, and its nested dags."""
+    cached: Plan | None = dag._plan
+    if cached is not None:
+        return cached
     parents: dict[str, list[str]] = {n: [] for n in dag.vertices}
     children: dict[str, list[str]] = {n: [] for n in dag.vertices}
     data_in: dict[str, list[tuple[str, Callable[[Any], Any] | None]]] = {
@@ -76,10 +79,7 @@ def compile_dag(dag: Dag, _stack: tuple[int, ...] = ()) -> Plan:
             data_in[e.dst].append((e.src, e.forward))
     entries = [n for n in dag.vertices if not parents[n]]
     exits = [n for n in dag.vertices if not children[n]]
-    if not entries:
-        raise DefinitionError(f"{label} has no entry vertex")
     nodes: dict[str, PNode] = {}
-    stack = (*_stack, id(dag))
     for name, v in dag.vertices.items():
         node = PNode(
             name,
@@ -90,16 +90,10 @@ def compile_dag(dag: Dag, _stack: tuple[int, ...] = ()) -> Plan:
         )
         if v.kind in ("subdag", "foreach"):
             assert v.dag is not None
-            if not v.dag.vertices:
-                raise DefinitionError(f"{label}: {v.kind} {name!r} has an empty dag")
-            node.inner = compile_dag(v.dag, stack)
+            node.inner = _build(v.dag)
         elif v.kind == "branch":
             for cond, d in v.branches.items():
-                if not d.vertices:
-                    raise DefinitionError(
-                        f"{label}: branch {name!r} condition {cond!r} has no vertices"
-                    )
-                node.branches[cond] = compile_dag(d, stack)
+                node.branches[cond] = _build(d)
         nodes[name] = node
     if len(exits) == 1:
         exit_name = exits[0]
@@ -179,50 +173,12 @@ def resolve(root: Plan, address: str) -> tuple[Plan, PNode, str]:
 # -- description ----------------------------------------------------------------------
 
 
-def describe(dag: Dag) -> dict[str, Any]:
-    plan = compile_dag(dag)
-    vertices = []
-    for name, v in dag.vertices.items():
-        item: dict[str, Any] = {
-            "name": name,
-            "kind": v.kind,
-            "retries": v.retry.retries,
-            "timeout": v.timeout,
-            "aggregate": v.aggregate is not None,
-            "on_failure": v.on_failure is not None,
-        }
-        if v.concurrency is not None:
-            item["concurrency"] = v.concurrency
-            item["concurrency_key"] = v.concurrency_key is not None
-        if v.rate is not None:
-            item["rate"] = {"count": v.rate.count, "period": v.rate.period}
-            item["rate_key"] = v.rate_key is not None
-        if v.kind in ("subdag", "foreach") and v.dag is not None:
-            item["dag"] = describe(v.dag)
-        if v.kind == "branch":
-            item["conditions"] = list(v.branches)
-            item["branches"] = {c: describe(d) for c, d in v.branches.items()}
-        vertices.append(item)
-    out: dict[str, Any] = {
-        "vertices": vertices,
-        "edges": [
-            {"from": e.src, "to": e.dst, "data": e.data, "forward": e.forward is not None}
-            for e in dag.edges
-        ],
-        "entries": list(plan.entries),
-        "exits": [p for p in plan.nodes[plan.exit].parents] if plan.exit == OUT else [plan.exit],
-    }
-    if isinstance(dag, Flow):
-        return {"name": dag.name, "partitions": dag.partitions, "dag": out}
-    return out
-
-
 def _placeholder(data: Any) -> Any:  # stands in for user code in a rebuilt dag
     return data
 
 
 def dag_from_description(doc: dict[str, Any]) -> Dag:
-    """Rebuild a dag's shape from :func:`describe` output (functions are placeholders).
+    """Rebuild a dag's shape from :meth:`Dag.describe` output (functions are placeholders).
 
     Lets processes that do not import the user's code (the gateway, the client)
     reason about a flow's structure, e.g. to rerun a failed run.
