@@ -1,4 +1,7 @@
-"""TODO docstring (versions)."""
+"""The registry of flow versions in Redis: registering a flow's definition
+under its version, marking the versions served, dropping those nobody serves,
+listing them, and the :class:`Pins` through which a submitter finds the version
+a new run pins. What a version is: :mod:`aioflow.definitions.versions`."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -20,9 +23,6 @@ from aioflow.definitions.plan import compile_dag
 from aioflow.definitions.versions import version_of
 from aioflow.store import keys
 from aioflow.store.topology import Backend, Conn, RedisClient
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("aioflow.versions")
 
