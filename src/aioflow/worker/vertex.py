@@ -2,9 +2,9 @@
 
 The :class:`Executor` builds the vertex's input, calls the node function (in
 a thread for plain ``def``), opens or closes a subdag/branch/foreach scope, runs
-a finished run's flow hooks and callback, applies the retry policy and
-``on_failure``, and hands the resulting completion record to the worker,
-which applies records in batches.
+a finished run's flow hooks and callback (:mod:`.callbacks`), applies the retry
+policy (:mod:`.retries`) and ``on_failure``, and hands the resulting completion
+record to the worker, which applies records in batches.
 """
 
 from __future__ import annotations
@@ -12,39 +12,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from aioflow.core import codec
-from aioflow.core.errors import (
-    DefinitionError,
-    InvalidCallbackUrl,
-    LimitExceeded,
-    NodeTimeout,
-    RunFailed,
-)
-from aioflow.core.security import (
-    SIGNATURE_HEADER,
-    CallbackPolicy,
-    PublicResolver,
-    parse_secrets,
-    sign,
-)
+from aioflow.core.errors import DefinitionError, LimitExceeded, NodeTimeout
 from aioflow.core.settings import Settings
 from aioflow.definitions.model import Flow, is_async, takes_ctx
 from aioflow.definitions.plan import GROUPS, Plan, PNode, child_scope, parent_group
-from aioflow.definitions.status import Status
 from aioflow.observability import tracing
 from aioflow.observability.metrics import outcome
 from aioflow.store.keys import RunId
 from aioflow.store.topology import Backend, RedisClient
 
+from .callbacks import RunEnd
 from .context import Context, RunStore
+from .retries import delayed_member, error_record, log_retry, retry_delay
 
 log = logging.getLogger("aioflow.worker")
 
@@ -120,25 +105,20 @@ class Executor:
     ) -> None:
         self.backend = backend
         self.settings = settings = settings or Settings()
-        self._secrets = parse_secrets(settings.hmac_secret)
-        self._policy = CallbackPolicy.from_settings(
-            settings.callback_allow_private, settings.callback_hosts
-        )
         self.clock = clock
         self.tracing = tracing
         self._threads = threads
         self._queue = queue
         self._note_due = note_due
         self._fns: dict[int, _Fn] = {}
-        self._http: aiohttp.ClientSession | None = None
+        self._run_end = RunEnd(settings, clock)
 
     @property
     def redis(self) -> RedisClient:
         return self.backend.redis
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._run_end.aclose()
 
     def run(self, m: Msg) -> Any:
         """The coroutine that runs ``m`` (inside a span when tracing)."""
@@ -371,109 +351,18 @@ class Executor:
 
     async def _final(self, m: Msg) -> None:
         """After a run ended: the flow's on_failure and finally_ hooks, then the callback."""
-        raw_status, err, result, url = m.fetched[:4]
-        status = Status((raw_status or b"failed").decode())
-        ctx = self._context(m)
-        ops: list[Any] = []
-        hook_errors = []
-        hooks: list[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] = [
-            ("finally_", m.flow.finally_, (status, ctx))
-        ]
-        if status is Status.FAILED:
-            error = RunFailed.from_error(ctx.run_id, codec.loads(err) if err else {})
-            hooks.insert(0, ("on_failure", m.flow.on_failure, (error, ctx)))
-        for name, hook, args in hooks:
-            if hook is None:
-                continue
-            try:
-                await _maybe_await(hook(*args))
-            except Exception as e:
-                log.exception("flow %s hook %s raised for run %s", m.flow.name, name, ctx.run_id)
-                hook_errors.append({"hook": name, "type": type(e).__name__, "message": str(e)})
-        if hook_errors:
-            ops += ["S", "hook_errors", codec.dumps(hook_errors), ""]
-        if url:
-            doc: dict[str, Any] = {"run_id": ctx.run_id, "flow": m.flow.name, "status": status}
-            if status is Status.COMPLETED:
-                doc["result"] = codec.decode(result) if result else None
-            elif err:
-                doc["error"] = codec.loads(err)
-                if not self.settings.expose_tracebacks:
-                    doc["error"].pop("traceback", None)
-            report = await self._callback(url.decode(), codec.dumps(doc), ctx.run_id)
-            ops += ["S", "cb", codec.dumps(report), ""]
+        ops = await self._run_end.ops(m.flow, m.fetched, self._context(m))
         self._queue(m, ops, value=b"1")
-
-    async def _callback(self, url: str, body: bytes, run_id: str) -> dict[str, Any]:
-        """POST ``body`` to ``url``: up to 3 attempts, 10 s each; the outcome is recorded.
-        The URL is checked again here (its host may resolve elsewhere by now)."""
-        report: dict[str, Any] = {"url": url, "delivered": False, "attempts": 0}
-        try:
-            await self._policy.check(url)
-        except InvalidCallbackUrl as e:
-            log.warning("callback for run %s refused: %s", run_id, e)
-            report["error"] = f"refused: {e}"
-            return report
-        if self._http is None:
-            # connections go only to the addresses the resolver checked
-            connector = (
-                None
-                if self._policy.allow_private
-                else aiohttp.TCPConnector(resolver=PublicResolver())
-            )
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=10), connector=connector
-            )
-        for attempt in range(1, 4):
-            report["attempts"] = attempt
-            headers = {"Content-Type": "application/json", "X-Run-Id": run_id}
-            if self._secrets:
-                headers[SIGNATURE_HEADER] = sign(
-                    body, self._secrets[0], timestamp=int(self.clock())
-                )
-            try:
-                async with self._http.post(
-                    url, data=body, headers=headers, allow_redirects=False
-                ) as resp:
-                    report["status_code"] = resp.status
-                    if resp.status < 400:
-                        report["delivered"] = True
-                        report.pop("error", None)
-                        return report
-                    report["error"] = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                report["error"] = f"{type(e).__name__}: {e}"
-            if attempt < 3:
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
-        log.warning("callback for run %s to %s failed: %s", run_id, url, report.get("error"))
-        return report
 
     async def _failed(self, m: Msg, error: BaseException, data: Any) -> None:
         m.timed_out = isinstance(error, NodeTimeout)
         vertex = m.node.vertex
         if vertex is not None and vertex.kind == "node":
-            if vertex.retry.should_retry(error, m.attempt) and not isinstance(error, LimitExceeded):
-                delay = vertex.retry.delay(m.attempt)
+            delay = retry_delay(vertex.retry, error, m.attempt)
+            if delay is not None:
                 due = self.clock() + delay
-                member = (
-                    "\n".join([m.uid, m.addr, m.kind, m.id.decode()]).encode()
-                    + b"\n"
-                    + (m.data or b"")
-                )
-                log.info(
-                    "run %s vertex %s attempt %d failed (%r); retry in %.2fs",
-                    m.rid,
-                    m.addr,
-                    m.attempt,
-                    error,
-                    delay,
-                    extra={
-                        "flow": m.flow.name,
-                        "run_id": str(m.rid),
-                        "vertex": m.addr,
-                        "attempt": m.attempt,
-                    },
-                )
+                log_retry(m.flow.name, m.rid, m.addr, m.attempt, error, delay)
+                member = delayed_member(m.uid, m.addr, m.kind, m.id, m.data)
                 self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
                 self._note_due(due)
                 if self.tracing:
@@ -491,14 +380,8 @@ class Executor:
                     )
         if self.tracing:
             tracing.mark_error(error)
-        err = {
-            "vertex": m.addr,
-            "type": type(error).__name__,
-            "message": str(error),
-            "traceback": "".join(traceback.format_exception(error)),
-            "attempts": m.attempt,
-        }
-        self._queue(m, ["X", codec.dumps(err), "", ""], mode="r", vstatus="failed")
+        err = error_record(m.addr, error, m.attempt)
+        self._queue(m, ["X", err, "", ""], mode="r", vstatus="failed")
 
     def handback_ops(self, m: Msg) -> list[Any]:
         # not counted against retries: the attempt counter goes back (a group's close
@@ -507,5 +390,3 @@ class Executor:
         if m.kind != "c":
             ops += ["S", f"a:{m.addr}", max(0, m.attempt - 1), ""]
         return ops
-
-    # -- completing -------------------------------------------------------------------
