@@ -1,4 +1,14 @@
-"""TODO docstring (versions)."""
+"""A worker's side of flow versions: the messages of runs pinned to another
+version of their flow.
+
+The claim parks such a message for its version (on the pseudo-consumer
+``v:<version>`` of its group) and the worker announces it on the control
+channel; a worker serving that version adopts it up to its free slots and
+starts it like a read message. On every housekeeping pass a worker marks its
+versions seen, adopts what was parked for them, and fails the parked runs of
+versions no live worker serves. The design is written down in
+:mod:`aioflow.definitions.versions`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +16,20 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from aioflow.core.settings import Settings
+from aioflow.definitions.model import Flow
 from aioflow.definitions.versions import version_of
 from aioflow.engine.registry import PSEUDO, live_beats, prune, refresh
 from aioflow.store import keys
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from aioflow.store.topology import Conn, RedisClient
 
 log = logging.getLogger("aioflow.versions")
 
@@ -31,10 +42,27 @@ def _lua(name: str) -> str:
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
+class Host(Protocol):
+    """What the versions need of the worker."""
+
+    flows: dict[str, Flow]
+    streams: dict[str, Flow]
+    consumer: str
+    settings: Settings
+    fast: Conn
+    ttl_ms: int
+    _stopping: asyncio.Event
+
+    @property
+    def redis(self) -> RedisClient: ...
+    def _free(self) -> int: ...
+    def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> Awaitable[None]: ...
+
+
 class WorkerVersions:
     """A worker's versions: registration, seen marks, adopting and failing parked messages."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Host) -> None:
         self.w = worker
         self.served = {name: version_of(f) for name, f in worker.flows.items()}
         self._source = {name: _lua(name) for name in ("adopt", "vfail")}
