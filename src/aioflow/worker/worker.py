@@ -21,11 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import ResponseError
 
 from aioflow.core import codec
 from aioflow.core.aio import cancel_and_wait
-from aioflow.core.clock import wait as clock_wait
 from aioflow.core.errors import ConfigError
 from aioflow.core.settings import Settings
 from aioflow.definitions import priority
@@ -42,19 +41,17 @@ from aioflow.store.outage import REDIS_ERRORS, Episode, is_oom
 from aioflow.store.scripts import SCRIPTS
 from aioflow.store.topology import Addr, Backend, RedisClient, Router, as_text
 
+from .completer import Completer
+from .delayed import Mover
 from .health import BLOCK, READ_GRACE
 from .health import window as health_window
 from .limits import Limits
 from .parking import WorkerVersions
+from .transient import TRANSIENT
 from .vertex import FINAL, Executor, Msg
 from .vertex import marker as default_marker
 
 log = logging.getLogger("aioflow.worker")
-
-# What a worker's loop retries after a pause: Redis unreachable or stalled, or
-# refusing writes at maxmemory (a refused script applied nothing: scripts.py). The
-# lean connections raise OOM replies as redis-py does, as OutOfMemoryError.
-TRANSIENT: tuple[type[BaseException], ...] = (*REDIS_ERRORS, OutOfMemoryError)
 
 EVICTING = {
     "allkeys-lru",
@@ -121,42 +118,33 @@ class Worker:
         self._inflight: dict[tuple[str, bytes], tuple[Msg, asyncio.Task[None]]] = {}
         # read, not yet running or parked (being claimed): (stream, id) -> holders
         self._starting: dict[tuple[str, bytes], int] = {}
-        self._applying: set[tuple[str, bytes]] = set()  # in the completion batch on its way
         self._by_run: dict[tuple[str, str], set[bytes]] = {}
-        self._done: list[tuple[Msg, list[Any]]] = []
-        self._done_event = asyncio.Event()
-        self._flushing = False
         self._slot_event = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._next_due: float = 0.0
-        self._due_event = asyncio.Event()
         self._threads = ThreadPoolExecutor(
             max_workers=min(32, self.settings.concurrency), thread_name_prefix="aioflow-node"
         )
         self.last_read: float = 0.0
-        self.completed = 0  # vertex completions applied (for tests and metrics)
-        self.fenced = 0
         self.lease_lost = 0  # nodes cancelled: their lease could not be kept
-        self._give_up: float | None = None  # a drain's last moment to apply completions
         self._orphans_due = 0.0  # when to look for deliveries a failed read lost (monotonic)
         self._orphan_hunt: asyncio.Task[None] | None = None
         self._last_renewal = time.monotonic()  # leases of what runs were last renewed
         self._claiming = self._episode("starting messages (claim)")
-        self._completing = self._episode("applying completions")
-        self._moving = self._episode("moving due retries")
         self._reading = self._episode("reading the streams")
         self._duties: dict[str, Episode] = {}
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self.fast = self.backend.fast
         self.tracing = tracing.configure(self.settings.tracing, role="worker")
         self.metrics = metrics.WorkerMetrics(lambda: len(self._inflight))
+        self.completer = Completer(self, episode=self._episode("applying completions"))
+        self.mover = Mover(self, episode=self._episode("moving due retries"))
         self.executor = Executor(
             self.backend,
             clock=clock,
             threads=self._threads,
             tracing=self.tracing,
-            queue=self._queue,
-            note_due=self._note_due,
+            queue=self.completer.queue,
+            note_due=self.mover.note_due,
             settings=self.settings,
         )
         self.versions = WorkerVersions(self)
@@ -165,8 +153,8 @@ class Worker:
             self.executor,
             settings=self.settings,
             clock=clock,
-            queue=self._queue,
-            note_due=self._note_due,
+            queue=self.completer.queue,
+            note_due=self.mover.note_due,
         )
 
     def _episode(self, what: str) -> Episode:
@@ -180,6 +168,20 @@ class Worker:
     def redis(self) -> RedisClient:
         """The redis-py client (a ``RedisCluster`` on a cluster, once prepared)."""
         return self.backend.redis
+
+    @property
+    def completed(self) -> int:
+        """Vertex completions applied (for tests and metrics)."""
+        return self.completer.completed
+
+    @property
+    def fenced(self) -> int:
+        """Completions refused: their messages were no longer pending for this worker."""
+        return self.completer.fenced
+
+    @property
+    def _completing(self) -> Episode:
+        return self.completer.completing
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -242,10 +244,10 @@ class Worker:
         self._last_renewal = time.monotonic()  # nothing is held yet
         tasks = [
             asyncio.create_task(self._read_all(), name="aioflow-read"),
-            asyncio.create_task(self._complete_loop(), name="aioflow-complete"),
+            asyncio.create_task(self.completer.run(), name="aioflow-complete"),
             asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
             asyncio.create_task(self._lease_watch(), name="aioflow-lease-watch"),
-            asyncio.create_task(self._delayed_loop(), name="aioflow-delayed"),
+            asyncio.create_task(self.mover.run(), name="aioflow-delayed"),
             asyncio.create_task(self._control_loop(), name="aioflow-control"),
             asyncio.create_task(ticking(self._scheduling_engine(), self.flows)),
         ]
@@ -300,21 +302,22 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # completions already queued, then the hand-backs, until all are applied
+        completer = self.completer
         for m, _ in left:
             if (m.stream, m.id) in self._inflight:
-                self._queue(m, self.executor.handback_ops(m), mode="r", vstatus="queued")
+                completer.queue(m, self.executor.handback_ops(m), mode="r", vstatus="queued")
         # (a Redis that stays away is given up on after two more Redis timeouts: what
         # was not applied stays pending and is redelivered after visibility_timeout)
-        self._give_up = time.monotonic() + 2 * self.settings.redis_timeout
-        while (self._done or self._inflight) and time.monotonic() < self._give_up:
-            await self._flush()
-            if self._done or self._inflight:  # a flush by another task, or a retry pause
+        give_up = completer.give_up = time.monotonic() + 2 * self.settings.redis_timeout
+        while (completer.done or self._inflight) and time.monotonic() < give_up:
+            await completer.flush()
+            if completer.done or self._inflight:  # a flush by another task, or a retry pause
                 await asyncio.sleep(0.02)
-        if self._done or self._inflight:
+        if completer.done or self._inflight:
             log.warning(
                 "stopping with %d completions not applied (Redis unavailable): their "
                 "messages stay pending and are redelivered after visibility_timeout",
-                len(self._done) or len(self._inflight),
+                len(completer.done) or len(self._inflight),
             )
             return
         await self.limits.flush()
@@ -845,112 +848,6 @@ class Worker:
         self._inflight[(m.stream, m.id)] = (m, task)
         self._by_run.setdefault((m.stream, m.uid), set()).add(m.id)
 
-    def _queue(
-        self,
-        m: Msg,
-        ops: list[Any],
-        *,
-        value: bytes = b"",
-        mode: str = "c",
-        vstatus: str = "completed",
-        marker: str | None = None,
-    ) -> None:
-        marker = marker or default_marker(m)
-        m.vstatus = vstatus
-        rec = [m.id, m.uid, marker, mode, value, m.addr, vstatus, len(ops) // 4, *ops]
-        self._done.append((m, rec))
-        self._done_event.set()
-
-    async def _complete_loop(self) -> None:
-        while True:
-            await self._done_event.wait()
-            self._done_event.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Apply queued completions in batches until none is left (one flush at a time;
-        what is queued meanwhile joins the next batch of the flush in progress)."""
-        if self._flushing:
-            return
-        self._flushing = True
-        try:
-            await self._flush_all()
-        finally:
-            self._flushing = False
-
-    async def _flush_all(self) -> None:
-        while self._done:
-            batch, self._done = self._done, []
-            by_stream: dict[str, list[tuple[Msg, list[Any]]]] = {}
-            for item in batch:
-                by_stream.setdefault(item[0].stream, []).append(item)
-            self._applying = {(m.stream, m.id) for m, _ in batch}
-            try:
-                if len(by_stream) == 1:  # the common case: no task per call
-                    results = [await self._apply(*next(iter(by_stream.items())))]
-                else:
-                    results = await asyncio.gather(
-                        *(self._apply(s, items) for s, items in by_stream.items())
-                    )
-            except TRANSIENT as e:
-                # completions are idempotent and fenced, and a refused script applied
-                # nothing (Redis full): apply them again later
-                self._done[:0] = batch
-                if self._give_up is not None and time.monotonic() > self._give_up:
-                    return  # a drain that cannot wait any longer (see _drain)
-                await asyncio.sleep(self._completing.failed(e))
-                continue
-            finally:
-                self._applying = set()
-            self._completing.ok()
-            for items, res in zip(by_stream.values(), results, strict=True):
-                for (m, rec), r in zip(items, res, strict=True):
-                    if r == b"fenced":
-                        self.fenced += 1
-                        log.warning(
-                            "completion of vertex %s of run %s refused: no longer pending for "
-                            "this worker (reclaimed by another, or applied by an earlier attempt)",
-                            m.addr,
-                            m.rid,
-                        )
-                    elif r != b"dup":  # ok, or it ended the run
-                        self.completed += 1
-                        if r == b"failed":
-                            self._log_failure(m, rec)
-                    self.metrics.done(m, r)
-                    self.limits.done(m, fenced=r == b"fenced")
-                    self._release(m)
-
-    def _log_failure(self, m: Msg, rec: list[Any]) -> None:
-        """Log a run that this completion failed, with what failed it."""
-        err: dict[str, Any] = {}
-        ops = rec[8:]
-        for j in range(0, len(ops) - 3, 4):
-            if ops[j] == "X":
-                with contextlib.suppress(Exception):
-                    err = codec.loads(ops[j + 1])
-                break
-        log.warning(
-            "run %s failed: vertex %s raised %s: %s (attempt %s)",
-            m.rid,
-            err.get("vertex", m.addr),
-            err.get("type", "?"),
-            err.get("message", ""),
-            err.get("attempts", m.attempt),
-            extra={
-                "flow": m.flow.name,
-                "run_id": str(m.rid),
-                "vertex": err.get("vertex", m.addr),
-                "attempt": m.attempt,
-            },
-        )
-
-    async def _apply(self, stream: str, items: list[tuple[Msg, list[Any]]]) -> Any:
-        args: list[Any] = [self.consumer, repr(self.clock()), self.ttl_ms]
-        for _, rec in items:
-            args += rec
-        return await SCRIPTS.call(self.fast, "complete", stream, *args)
-
     def _release(self, m: Msg) -> None:
         if self._inflight.pop((m.stream, m.id), None) is not None:
             ids = self._by_run.get((m.stream, m.uid))
@@ -966,35 +863,6 @@ class Worker:
             self._unpark_task = asyncio.get_running_loop().create_task(self._unpark())
 
     # -- background duties ------------------------------------------------------------
-
-    def _note_due(self, due: float) -> None:
-        if self._next_due == 0 or due < self._next_due:
-            self._next_due = due
-            self._due_event.set()
-
-    async def _delayed_loop(self) -> None:
-        while not self._stopping.is_set():
-            now = self.clock()
-            # others' retries and delayed starts are found by polling every 0.25 s
-            wait = 0.25 if self._next_due == 0 else max(0.0, min(0.25, self._next_due - now))
-            self._due_event.clear()
-            await clock_wait(self.clock, self._due_event, wait, poll=0.25)
-            now = self.clock()
-            nxt = 0.0
-            for stream in self._by_priority["default"]:  # one delayed set per partition
-                try:
-                    moved, score = await SCRIPTS.call(
-                        self.fast, "move", stream, int(now * 1000), 500
-                    )
-                except TRANSIENT as e:
-                    self._moving.failed(e)
-                    nxt = now + 0.5
-                    continue
-                self._moving.ok()
-                s = float(score)
-                if s >= 0 and (nxt == 0 or s / 1000 < nxt):
-                    nxt = s / 1000
-            self._next_due = nxt
 
     async def _housekeeping(self) -> None:
         vt = self.settings.visibility_timeout
@@ -1187,8 +1055,8 @@ class Worker:
             )
             if not pending:
                 continue
-            known = self._applying.union(self._inflight, self._parked, self._starting)
-            known.update((m.stream, m.id) for m, _ in self._done)
+            known = self.completer.pending()
+            known.update(self._inflight, self._parked, self._starting)
             lost = [p[0] for p in pending if (stream, p[0]) not in known]
             if not lost:
                 continue
