@@ -115,6 +115,13 @@ def stream_tag(stream: str) -> str:
     return stream[: stream.rindex("}") + 1]
 
 
+def delayed_member(uid: str, addr: str, kind: str, nonce: str, data: bytes | None) -> bytes:
+    """A member of a partition's delayed set ``af:{flow:p}:z``: ``uid \\n addr \\n kind
+    \\n nonce \\n data``, which ``move.lua`` turns back into a message once due. The
+    nonce keeps two delayed copies of one vertex apart."""
+    return "\n".join([uid, addr, kind, nonce]).encode() + b"\n" + (data or b"")
+
+
 def schedules(flow: str) -> str:
     return f"af:sched:{flow}"
 

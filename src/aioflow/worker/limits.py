@@ -114,11 +114,6 @@ def limit_tag(flow: str, scope: str, vertex: str, key: str | None) -> str:
     return f"{{{flow}:{path}:{key}}}"
 
 
-def member(m: Msg, nonce: str) -> bytes:
-    """A delayed-set member the mover turns back into ``m``'s message."""
-    return "\n".join([m.uid, m.addr, m.kind, nonce]).encode() + b"\n" + (m.data or b"")
-
-
 async def _key(fn: Callable[[Any], Any], data: Any) -> str:
     k = fn(data)
     if inspect.isawaitable(k):
@@ -224,7 +219,11 @@ class Limits:
 
     async def _acquire(self, m: Msg, key: str, holder: str, limit: int) -> bool:
         now = self.clock()
-        where = keys.stream_tag(m.stream).encode() + b":z\n" + member(m, f"w{m.id.decode()}")
+        where = (
+            keys.stream_tag(m.stream).encode()
+            + b":z\n"
+            + keys.delayed_member(m.uid, m.addr, m.kind, f"w{m.id.decode()}", m.data)
+        )
         res = await SCRIPTS.call(
             self.conn,
             "limit",
@@ -250,7 +249,16 @@ class Limits:
     def _park(self, m: Msg, due: float, nonce: str) -> None:
         # waiting is not an attempt: the counter the claim raised goes back
         attempt = max(0, m.attempt - 1)
-        ops = ["D", int(due * 1000), member(m, nonce), "", "S", f"a:{m.addr}", attempt, ""]
+        ops = [
+            "D",
+            int(due * 1000),
+            keys.delayed_member(m.uid, m.addr, m.kind, nonce, m.data),
+            "",
+            "S",
+            f"a:{m.addr}",
+            attempt,
+            "",
+        ]
         self._queue(m, ops, mode="r", vstatus="waiting")
 
     async def _wake(self, key: str, limit: int, woken: list[bytes]) -> None:

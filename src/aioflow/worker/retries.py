@@ -23,11 +23,6 @@ def retry_delay(policy: RetryPolicy, error: BaseException, attempt: int) -> floa
     return None
 
 
-def delayed_member(uid: str, addr: str, kind: str, msg_id: bytes, data: bytes | None) -> bytes:
-    """The delayed-set member the mover turns back into the message once due."""
-    return "\n".join([uid, addr, kind, msg_id.decode()]).encode() + b"\n" + (data or b"")
-
-
 def log_retry(
     flow: str, rid: RunId, addr: str, attempt: int, error: BaseException, delay: float
 ) -> None:

@@ -24,12 +24,13 @@ from aioflow.definitions.model import Flow, is_async, takes_ctx
 from aioflow.definitions.plan import GROUPS, Plan, PNode, child_scope, parent_group
 from aioflow.observability import tracing
 from aioflow.observability.metrics import outcome
+from aioflow.store import keys
 from aioflow.store.keys import RunId
 from aioflow.store.topology import Backend, RedisClient
 
 from .callbacks import RunEnd
 from .context import Context, RunStore
-from .retries import delayed_member, error_record, log_retry, retry_delay
+from .retries import error_record, log_retry, retry_delay
 
 log = logging.getLogger("aioflow.worker")
 
@@ -362,7 +363,7 @@ class Executor:
             if delay is not None:
                 due = self.clock() + delay
                 log_retry(m.flow.name, m.rid, m.addr, m.attempt, error, delay)
-                member = delayed_member(m.uid, m.addr, m.kind, m.id, m.data)
+                member = keys.delayed_member(m.uid, m.addr, m.kind, m.id.decode(), m.data)
                 self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
                 self._note_due(due)
                 if self.tracing:
