@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +29,7 @@ from aioflow.core.errors import ConfigError
 from aioflow.core.settings import Settings
 from aioflow.definitions import priority
 from aioflow.definitions.model import Flow
-from aioflow.definitions.plan import compile_dag, resolve
+from aioflow.definitions.plan import compile_dag
 from aioflow.engine.engine import Engine, register
 from aioflow.engine.registry import partitions_of
 from aioflow.engine.schedule import ticking
@@ -47,9 +47,9 @@ from .health import BLOCK, READ_GRACE
 from .health import window as health_window
 from .limits import Limits
 from .parking import WorkerVersions
+from .starter import Starter
 from .transient import TRANSIENT
-from .vertex import FINAL, Executor, Msg
-from .vertex import marker as default_marker
+from .vertex import Executor, Msg
 
 log = logging.getLogger("aioflow.worker")
 
@@ -129,7 +129,6 @@ class Worker:
         self._orphans_due = 0.0  # when to look for deliveries a failed read lost (monotonic)
         self._orphan_hunt: asyncio.Task[None] | None = None
         self._last_renewal = time.monotonic()  # leases of what runs were last renewed
-        self._claiming = self._episode("starting messages (claim)")
         self._reading = self._episode("reading the streams")
         self._duties: dict[str, Episode] = {}
         self.ttl_ms = int(self.settings.result_ttl * 1000)
@@ -156,6 +155,7 @@ class Worker:
             queue=self.completer.queue,
             note_due=self.mover.note_due,
         )
+        self.starter = Starter(self, episode=self._episode("starting messages (claim)"))
 
     def _episode(self, what: str) -> Episode:
         return Episode(log, what, on_failure=self._count_failure)
@@ -702,143 +702,12 @@ class Worker:
         with contextlib.suppress(*REDIS_ERRORS):
             await self.fast.refresh()
 
-    async def _start(self, stream: str, entries: list[Any], *, reclaimed: bool) -> None:
-        flow = self.streams[stream]
-        plan = self.plans[flow.name]
-        now = self.clock()
-        args: list[Any] = [
-            self.consumer,
-            repr(now),
-            self.settings.max_deliveries,
-            self.ttl_ms,
-            self.versions.served[flow.name],
-        ]
-        msgs: list[Msg | bytes] = []
-        for entry in entries:
-            if entry is None or entry[1] is None:
-                continue  # deleted from the stream while pending
-            mid, f = entry
-            if not isinstance(f, dict):  # a raw reply: [field, value, field, value, ...]
-                f = dict(zip(f[::2], f[1::2], strict=False))
-            try:
-                uid = f[b"r"].decode()
-                addr = f[b"a"].decode()
-                kind = f.get(b"k", b"n").decode()
-                if kind == "f":
-                    rplan, node, scope = plan, FINAL, ""
-                else:
-                    rplan, node, scope = resolve(plan, addr)
-                if kind not in ("n", "c", "f") or (
-                    kind == "c" and node.kind not in ("subdag", "branch", "foreach")
-                ):
-                    raise ValueError(kind)
-            except Exception:  # dead-lettered, unless its run is pinned to another version
-                u = f.get(b"r", b"") if isinstance(f, dict) else b""
-                a = f.get(b"a", b"") if isinstance(f, dict) else b""
-                args += [
-                    mid,
-                    u if keys.RUN_KEY_RE.fullmatch(u.decode("latin-1")) else b"",
-                    a,
-                    "?",
-                    "",
-                    "0",
-                    0,
-                ]
-                msgs.append(mid)
-                continue
-            m = Msg(stream, mid, flow, rplan, node, scope, uid, addr, kind, f.get(b"d"))
-            fetch = self.executor.fetch_fields(m)
-            args += [
-                mid,
-                uid,
-                addr,
-                kind,
-                default_marker(m),
-                "1" if reclaimed else "0",
-                len(fetch),
-                *fetch,
-            ]
-            msgs.append(m)
-        if not msgs:
-            return
-        # messages count against concurrency from the moment they are read
-        res = await self._claim(stream, args, msgs, reclaimed=reclaimed)
-        if res is None:
-            return
-        other: dict[str, int] = {}
-        limited: list[Msg] = []
-        for mm, r in zip(msgs, res, strict=True):
-            code = r[0]
-            if code == b"other":
-                v = r[1].decode()
-                other[v] = other.get(v, 0) + 1
-                continue
-            if not isinstance(mm, Msg):
-                log.error("undecodable message %s on %s: dead-lettered", mm, stream)
-                continue
-            m = mm
-            if code == b"go":
-                m.attempt = int(r[1])
-                m.fetched = list(r[2:])
-                if self.tracing:
-                    m.trace = m.fetched.pop()
-                if self.limits.applies(m):
-                    limited.append(m)
-                else:
-                    self._launch(m, now)
-            elif code == b"dead":
-                ended = r[1] == b"failed"
-                log.warning(
-                    "vertex %s of run %s dead-lettered: message %s delivered more than "
-                    "max_deliveries=%d times%s",
-                    m.addr,
-                    m.rid,
-                    m.id.decode(),
-                    self.settings.max_deliveries,
-                    ": the run failed" if ended else "",
-                    extra={"flow": flow.name, "run_id": str(m.rid), "vertex": m.addr},
-                )
-                if ended:
-                    self.metrics.dead_lettered(m)
-        if other:
-            self.versions.parked(stream, other)
-        if limited:  # global concurrency and rate limits: start now, or wait parked
-            for m in await self.limits.admit(limited):
-                self._launch(m, now)
-
-    async def _claim(
-        self, stream: str, args: list[Any], msgs: list[Any], *, reclaimed: bool
-    ) -> Any:
-        """The claim script's answer for ``msgs``, or None when Redis would not run it.
-
-        Redis full: the claim is refused whole and retried until memory returns,
-        the messages' leases renewed meanwhile (the lease script runs at maxmemory),
-        so they are neither redelivered nor counted towards max_deliveries. Redis
-        away: retried for a while, then left pending for the reclaim. A reclaimed
-        batch is never held (the housekeeping that reclaims it must go on)."""
-        ids = [m.id if isinstance(m, Msg) else m for m in msgs]
-        started = time.monotonic()
-        give_up = self.settings.visibility_timeout / 2
-        while True:
-            try:
-                res = await SCRIPTS.call(self.fast, "claim", stream, *args)
-            except TRANSIENT as e:
-                pause = self._claiming.failed(e)
-                if (
-                    reclaimed
-                    or self._stopping.is_set()
-                    or (not is_oom(e) and time.monotonic() - started + pause > give_up)
-                ):
-                    # not acked: pending, reclaimed after the visibility timeout
-                    log.info("%d messages on %s left for redelivery (%s)", len(msgs), stream, e)
-                    return None
-                await asyncio.sleep(pause)
-                if is_oom(e):
-                    with contextlib.suppress(*TRANSIENT):
-                        await SCRIPTS.call(self.fast, "lease", stream, self.consumer, *ids)
-                continue
-            self._claiming.ok()
-            return res
+    def _start(
+        self, stream: str, entries: list[Any], *, reclaimed: bool
+    ) -> Coroutine[Any, Any, None]:
+        # what every part starts messages through (the starter's coroutine, handed
+        # over: no await of its own)
+        return self.starter.start(stream, entries, reclaimed=reclaimed)
 
     def _launch(self, m: Msg, now: float) -> None:
         self.metrics.started(m, now)
@@ -874,7 +743,7 @@ class Worker:
             await self._duty("heartbeat", self._heartbeat)
             await self._duty("stopped runs", self._cancel_stopped)
             await self._duty("lease renewal", self._extend_leases)
-            if not (self._claiming.active or self._completing.active):
+            if not (self.starter.claiming.active or self._completing.active):
                 # (a claim refused now would be refused again)
                 await self._duty("reclaim", lambda: self._reclaim(int(vt * 1000)))
                 await self._duty("orphans", self._recover_orphans)
@@ -984,7 +853,7 @@ class Worker:
             self._drop_lost_leases()
             due = self._orphans_due
             hunting = self._orphan_hunt is not None and not self._orphan_hunt.done()
-            refused = self._claiming.active or self._completing.active
+            refused = self.starter.claiming.active or self._completing.active
             if due and time.monotonic() >= due and not hunting and not refused:
                 self._orphans_due = 0.0
                 self._orphan_hunt = self._loop.create_task(
