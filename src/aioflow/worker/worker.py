@@ -4,14 +4,30 @@ tasks bounded by ``concurrency``, and applies completions in batches.
 Per batch of messages it makes one round trip to start them (the ``claim``
 script: status and dedup checks, attempt count, join inputs) and one to finish
 them (the ``complete`` script). Messages are acked only by those scripts.
-What running one message means lives in :mod:`aioflow.vertex`.
+What running one message means lives in :mod:`aioflow.worker.vertex`.
+
+:class:`Worker` owns the slots (the nodes running, at most ``concurrency``),
+starts and stops, drains, and wires together its parts, each in a module of
+its own:
+
+- :mod:`~aioflow.worker.readers`, :mod:`~aioflow.worker.reader`: the reads, one
+  reader per Redis master, and what does not fit the free slots (parked);
+- :mod:`~aioflow.worker.starter`: claims what was read, launches nodes into slots;
+- :mod:`~aioflow.worker.completer`: applies the nodes' outcomes in batches,
+  which frees their slots;
+- :mod:`~aioflow.worker.delayed`: moves due retries and delayed starts onto the
+  streams;
+- :mod:`~aioflow.worker.housekeeping`: leases, reclaim, heartbeat, trimming,
+  pruning;
+- :mod:`~aioflow.worker.control`: the control channel (stopping runs, adopting);
+- :mod:`~aioflow.worker.parking`: the messages of other versions of a flow;
+- :mod:`~aioflow.worker.limits`: global concurrency and rate limits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -20,7 +36,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aioflow.core import codec
 from aioflow.core.aio import cancel_and_wait
 from aioflow.core.errors import ConfigError
 from aioflow.core.settings import Settings
@@ -32,14 +47,13 @@ from aioflow.engine.registry import partitions_of
 from aioflow.engine.schedule import ticking
 from aioflow.observability import metrics, tracing
 from aioflow.store import keys
-from aioflow.store.keys import RunId
 from aioflow.store.outage import REDIS_ERRORS, Episode, is_oom
-from aioflow.store.scripts import SCRIPTS
 from aioflow.store.topology import Backend, RedisClient, Router, as_text
 
 from .completer import Completer
+from .control import ControlListener
 from .delayed import Mover
-from .health import window as health_window
+from .housekeeping import Housekeeping
 from .limits import Limits
 from .parking import WorkerVersions
 from .readers import Readers
@@ -108,10 +122,6 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             max_workers=min(32, self.settings.concurrency), thread_name_prefix="aioflow-node"
         )
-        self.lease_lost = 0  # nodes cancelled: their lease could not be kept
-        self._orphan_hunt: asyncio.Task[None] | None = None
-        self._last_renewal = time.monotonic()  # leases of what runs were last renewed
-        self._duties: dict[str, Episode] = {}
         self.ttl_ms = int(self.settings.result_ttl * 1000)
         self.fast = self.backend.fast
         self.tracing = tracing.configure(self.settings.tracing, role="worker")
@@ -140,6 +150,15 @@ class Worker:
         self.readers = Readers(
             self, episode=self._episode("reading the streams"), completions=self.completer
         )
+        self.control = ControlListener(self)
+        self.housekeeping = Housekeeping(
+            self,
+            readers=self.readers,
+            cancel_stopped=self.control.cancel_stopped,
+            claiming=self.starter.claiming,
+            completing=self.completer.completing,
+            episode=self._episode,
+        )
         # a freed slot may start a parked message (bound once: called per completion)
         self._slots_freed = self.readers.slots_freed
 
@@ -164,6 +183,11 @@ class Worker:
     def fenced(self) -> int:
         """Completions refused: their messages were no longer pending for this worker."""
         return self.completer.fenced
+
+    @property
+    def lease_lost(self) -> int:
+        """Nodes cancelled because their leases could not be kept."""
+        return self.housekeeping.lease_lost
 
     @property
     def last_read(self) -> float:
@@ -232,22 +256,22 @@ class Worker:
             self.settings.concurrency,
             ", ".join(self.flows),
         )
-        self._last_renewal = time.monotonic()  # nothing is held yet
+        self.housekeeping.last_renewal = time.monotonic()  # nothing is held yet
         tasks = [
             asyncio.create_task(self.readers.run(), name="aioflow-read"),
             asyncio.create_task(self.completer.run(), name="aioflow-complete"),
-            asyncio.create_task(self._housekeeping(), name="aioflow-housekeeping"),
-            asyncio.create_task(self._lease_watch(), name="aioflow-lease-watch"),
+            asyncio.create_task(self.housekeeping.run(), name="aioflow-housekeeping"),
+            asyncio.create_task(self.housekeeping.watch_leases(), name="aioflow-lease-watch"),
             asyncio.create_task(self.mover.run(), name="aioflow-delayed"),
-            asyncio.create_task(self._control_loop(), name="aioflow-control"),
+            asyncio.create_task(self.control.run(), name="aioflow-control"),
             asyncio.create_task(ticking(self._scheduling_engine(), self.flows)),
         ]
         try:
             await self._stopping.wait()
             await self._drain()
         finally:
-            if self._orphan_hunt is not None:
-                tasks.append(self._orphan_hunt)
+            if self.housekeeping.orphan_hunt is not None:
+                tasks.append(self.housekeeping.orphan_hunt)
             await cancel_and_wait(tasks)
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
@@ -354,226 +378,3 @@ class Worker:
                 if not ids:
                     del self._by_run[(m.stream, m.uid)]
             self._slots_freed()
-
-    # -- background duties ------------------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        vt = self.settings.visibility_timeout
-        every = max(0.05, min(vt / 3, 5.0))
-        last_trim = 0.0
-        while not self._stopping.is_set():
-            await asyncio.sleep(every)
-            # each duty on its own: a failed heartbeat must not skip the lease renewal
-            await self._duty("heartbeat", self._heartbeat)
-            await self._duty("stopped runs", self._cancel_stopped)
-            await self._duty("lease renewal", self._extend_leases)
-            if not (self.starter.claiming.active or self._completing.active):
-                # (a claim refused now would be refused again)
-                await self._duty("reclaim", lambda: self._reclaim(int(vt * 1000)))
-                await self._duty("orphans", self.readers.recover_orphans)
-            slow = time.monotonic() - last_trim > 5.0
-            await self._duty("versions", functools.partial(self.versions.tick, slow=slow))
-            if slow:
-                last_trim = time.monotonic()
-                await self._duty("trim", self._trim)
-                await self._duty("index pruning", self._prune_index)
-                await self._duty("heartbeat pruning", self._prune_heartbeats)
-
-    async def _duty(self, name: str, fn: Callable[[], Any]) -> None:
-        episode = self._duties.get(name)
-        if episode is None:
-            episode = self._duties[name] = self._episode(f"worker housekeeping ({name})")
-        try:
-            await fn()
-            episode.ok()
-        except TRANSIENT as e:
-            episode.failed(e)  # Redis away or full: the next pass tries again
-        except Exception:
-            # redis-py's RedisCluster can raise RuntimeError on a connection a failover
-            # closed under it; a housekeeping duty must never die of it
-            log.exception("worker housekeeping step failed; retrying next pass")
-
-    async def _trim(self) -> None:
-        for stream in self._stream_list:
-            await SCRIPTS.call(self.fast, "trim", stream)
-
-    async def _heartbeat(self) -> None:
-        doc = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "last_read": time.time() - (time.monotonic() - self.last_read),
-            "inflight": len(self._inflight),
-            "concurrency": self.settings.concurrency,
-            "window": health_window(self.settings),  # what --health judges it by
-            "beat": time.time(),
-            "completed": self.completed,
-            "versions": self.versions.served,
-        }
-        await self.redis.hset(keys.WORKERS, self.consumer, codec.dumps(doc))
-
-    async def _prune_index(self) -> None:
-        """Drop index entries of runs that expired (the index outlives no run)."""
-        horizon = self.clock() - self.settings.result_ttl
-        for stream in self._by_priority["default"]:
-            tag = keys.stream_tag(stream)
-            old: Any = await self.redis.zrangebyscore(f"{tag}:i", "-inf", horizon, start=0, num=500)
-            if not old:
-                continue
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for k in old:
-                    pipe.exists(f"{tag}:r:{k.decode()}")
-                alive = await pipe.execute()
-            gone = [k for k, a in zip(old, alive, strict=True) if not a]
-            if gone:
-                await self.redis.zrem(f"{tag}:i", *gone)
-
-    async def _prune_heartbeats(self) -> None:
-        """Forget workers silent for a day, so af:workers stays bounded."""
-        beats: Any = await self.redis.hgetall(keys.WORKERS)
-        now = time.time()
-        stale = [n for n, d in beats.items() if now - codec.loads(d).get("beat", 0) > 86400]
-        if stale:
-            await self.redis.hdel(keys.WORKERS, *stale)
-
-    async def _cancel_stopped(self) -> None:
-        """Cancel nodes of runs stopped meanwhile: the pub/sub stop message is only a
-        fast path, a worker whose subscription dropped still finds out here."""
-        runs = list(self._by_run)
-        if not runs:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, uid in runs:
-                pipe.hget(f"{keys.stream_tag(stream)}:r:{uid}", "status")
-            statuses = await pipe.execute()
-        for (stream, uid), st in zip(runs, statuses, strict=True):
-            if st == b"stopped":
-                flow = self.streams[stream].name
-                part = stream.split(":")[-2].rstrip("}")
-                self._on_control(f"stop {flow}.{part}.{uid}")
-
-    async def _extend_leases(self) -> None:
-        began = time.monotonic()
-        by_stream: dict[str, list[bytes]] = {}
-        for m, _ in self._inflight.values():
-            by_stream.setdefault(m.stream, []).append(m.id)
-        for stream, mid in self.readers.parked:
-            by_stream.setdefault(stream, []).append(mid)
-        for stream, ids in by_stream.items():
-            lost = await SCRIPTS.call(self.fast, "lease", stream, self.consumer, *ids)
-            for mid in lost:
-                self.readers.parked.pop((stream, mid), None)  # another worker has it now
-                item = self._inflight.get((stream, mid))
-                if item is not None and not item[1].done():
-                    # reclaimed by another worker, which runs it now
-                    self._lose_lease(item[0], item[1], "reclaimed by another worker")
-        self._last_renewal = began
-        await self.limits.renew()
-
-    async def _lease_watch(self) -> None:
-        # apart from the housekeeping: its calls may each wait out a Redis timeout
-        vt = self.settings.visibility_timeout
-        while not self._stopping.is_set():
-            await asyncio.sleep(max(0.05, min(vt / 4, 1.0)))
-            self._drop_lost_leases()
-            due = self.readers.orphans_due
-            hunting = self._orphan_hunt is not None and not self._orphan_hunt.done()
-            refused = self.starter.claiming.active or self._completing.active
-            if due and time.monotonic() >= due and not hunting and not refused:
-                self.readers.orphans_due = 0.0
-                self._orphan_hunt = self._loop.create_task(
-                    self._duty("orphans", self.readers.recover_orphans), name="aioflow-orphans"
-                )
-
-    def _drop_lost_leases(self) -> None:
-        """Cancel the nodes whose leases could not be renewed for longer than the
-        visibility timeout: another worker may have reclaimed and started them."""
-        unrenewed = time.monotonic() - self._last_renewal
-        if unrenewed <= self.settings.visibility_timeout:
-            return
-        for m, task in list(self._inflight.values()):
-            if not task.done() and m.cancelled is None:
-                self._lose_lease(m, task, f"lease not renewed for {unrenewed:.0f} s")
-        self.readers.parked.clear()  # ours no longer: the reclaim hands them to someone
-
-    def _lose_lease(self, m: Msg, task: asyncio.Task[None], why: str) -> None:
-        log.warning(
-            "cancelling vertex %s of run %s: %s (visibility_timeout=%g s)",
-            m.addr,
-            m.rid,
-            why,
-            self.settings.visibility_timeout,
-            extra={"flow": m.flow.name, "run_id": str(m.rid), "vertex": m.addr},
-        )
-        self.lease_lost += 1
-        self.metrics.lease_lost(m)
-        m.cancelled = "lease_lost"
-        task.cancel()
-        task.add_done_callback(lambda _: self._lease_dropped(m))
-
-    def _lease_dropped(self, m: Msg) -> None:
-        self.limits.done(m, fenced=True)
-        self._release(m)
-
-    async def _reclaim(self, min_idle_ms: int) -> None:
-        for stream in self._stream_list:
-            free = self._free()
-            if free <= 0 or self._stopping.is_set():
-                return
-            res: Any = await self.fast.execute(
-                "XAUTOCLAIM", stream, keys.GROUP, self.consumer, min_idle_ms, "0-0", "COUNT", free
-            )
-            # 6.2 answers deleted entries as nil, 7.0 lists them apart: skip both
-            entries = [e for e in (res[1] if res else []) if e and e[1] is not None]
-            if entries:
-                log.info("reclaimed %d idle messages on %s", len(entries), stream)
-                await self._start(stream, entries, reclaimed=True)
-
-    async def _control_loop(self) -> None:
-        while not self._stopping.is_set():
-            ps = self.redis.pubsub()
-            # a quiet channel is pinged: a link that stays silent (stalled without a
-            # reset) is dropped and subscribed again instead of staying deaf
-            quiet = max(0.5, self.settings.redis_timeout / 2)
-            try:
-                await ps.subscribe(keys.CONTROL)
-                heard = time.monotonic()
-                while not self._stopping.is_set():
-                    msg = await ps.get_message(timeout=1.0)
-                    now = time.monotonic()
-                    if msg is not None:
-                        heard = now
-                        if msg["type"] == "message":
-                            self._on_control(msg["data"].decode())
-                    elif now - heard > quiet + self.settings.redis_timeout:
-                        raise TimeoutError(f"control channel silent for {now - heard:.0f} s")
-                    elif now - heard > quiet:
-                        await ps.ping()
-            except Exception as e:  # Redis away, or redis-py's cluster pub/sub failing
-                log.debug("control channel lost (%r); subscribing again", e)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await ps.aclose()
-
-    def _on_control(self, text: str) -> None:
-        action, _, run_id = text.partition(" ")
-        if action == "adopt":
-            self.versions.wake(run_id)
-            return
-        if action != "stop":
-            return
-        try:
-            rid = RunId.parse(run_id)
-        except Exception:
-            return
-        mids = [
-            (s, m)
-            for s in keys.streams(rid.flow, rid.partition)
-            for m in self._by_run.get((s, rid.key), ())
-        ]
-        for key in mids:
-            item = self._inflight.get(key)
-            if item is not None:
-                log.info("stopping %s of run %s", item[0].addr, run_id)
-                item[0].cancelled = "stop"
-                item[1].cancel()
