@@ -14,7 +14,10 @@ from pathlib import Path
 MODULE_LINES = 600
 CLASS_LINES = 300
 # "path" or "path:Class" -> why it may be bigger
-ALLOWED: dict[str, str] = {}
+ALLOWED: dict[str, str] = {
+    "src/aioflow/client/client.py:Client": "the client's public surface, one short method per "
+    "documented operation; split, it would split the API users read",
+}
 
 
 def problems(root: Path) -> list[str]:

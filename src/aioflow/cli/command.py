@@ -203,7 +203,7 @@ async def _serve(app: App, *, worker: bool, gateway: bool) -> int:
 
 
 async def _health(app: App) -> int:
-    """Exit 0 when a worker of this host is healthy (see :mod:`aioflow.health`)."""
+    """Exit 0 when a worker of this host is healthy (see :mod:`aioflow.worker.health`)."""
     from aioflow.worker.health import probe
 
     if not app.settings.redis_url:

@@ -87,7 +87,7 @@ def check_callback_url(url: str) -> str:
 
 async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | None = None) -> None:
     """Record the flows' versions as served now and create their streams' consumer
-    groups (see :mod:`aioflow.versions`). ``fast`` (a started router) settles
+    groups (see :mod:`aioflow.engine.registry`). ``fast`` (a started router) settles
     ``partitions="auto"``; without it that is 1."""
     await versions.register(redis, flows, seen=True, fast=fast)
 
@@ -272,7 +272,7 @@ class Engine:
         options: dict[str, list[str]] | None = None,
         run_ids: Sequence[str | None] | None = None,
     ) -> list[tuple[RunId, bool]]:
-        """Start one run per input (see :func:`aioflow.bulk.submit_many`)."""
+        """Start one run per input (see :func:`aioflow.engine.bulk.submit_many`)."""
         return await bulk.submit_many(self, flow, inputs, options=options, run_ids=run_ids)
 
     async def execute(

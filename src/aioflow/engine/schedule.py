@@ -203,7 +203,7 @@ class Scheduler:
     async def run(self) -> None:
         """Tick until cancelled; Redis errors count as a break (see the module). A
         cancel can be lost inside redis-py on Python 3.11: cancel it with
-        :func:`aioflow.aio.cancel_and_wait`, as the worker and the gateway do."""
+        :func:`aioflow.core.aio.cancel_and_wait`, as the worker and the gateway do."""
         episode = Episode(log, "schedules")
         _running.add(self)
         try:

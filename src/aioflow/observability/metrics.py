@@ -165,7 +165,7 @@ class WorkerMetrics:
         return v
 
     def lease_lost(self, m: Execution) -> None:
-        """``m``'s node was cancelled: its lease could not be kept (worker.py)."""
+        """``m``'s node was cancelled: its lease could not be kept (worker/housekeeping.py)."""
         v = self._by_node.get(id(m.node)) or self._vertex(m)
         v.outcomes[_OUTCOME_INDEX["lease_lost"]] += 1
 

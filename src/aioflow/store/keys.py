@@ -5,7 +5,7 @@ vertices travel on, so each script touches one Cluster slot::
 
     af:flows                       hash  flow name -> newest registered definition JSON
     af:fv:{flow} / af:fvseen:{flow}  every registered version, and when it was last served
-                                   (see :mod:`aioflow.versions`)
+                                   (see :mod:`aioflow.engine.registry`)
     af:{flow:p}:q                  stream of vertex messages, consumer group "workers"
     af:{flow:p}:qh / :ql           the same for runs of priority high / low
     af:{flow:p}:r:<key>            hash  one run: status, input, outputs, counters, store
@@ -22,7 +22,7 @@ vertices travel on, so each script touches one Cluster slot::
         ...:r / :w / :m / :n              reserved slots, waiters, where they sleep, counter
     af:rate:{flow:vertex[:key]}    hash  a rate limit's token bucket (:r its reservations)
 
-Limit keys have a hash tag of their own (see :mod:`aioflow.limits`).
+Limit keys have a hash tag of their own (see :mod:`aioflow.worker.limits`).
 
 A run id is ``<flow>.<partition>.<key>``: it names its flow and partition.
 """

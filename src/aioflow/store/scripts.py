@@ -26,7 +26,7 @@ NAMES: tuple[str, ...] = (
     "trim",
     "handback",
     "submit_many",
-    "limit",  # global limits (aioflow/limits.py): limit, rate, wake
+    "limit",  # global limits (aioflow/worker/limits.py): limit, rate, wake
     "rate",
     "wake",
 )

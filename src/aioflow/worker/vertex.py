@@ -26,7 +26,7 @@ from aioflow.observability import tracing
 from aioflow.observability.metrics import outcome
 from aioflow.store import keys
 from aioflow.store.keys import RunId
-from aioflow.store.topology import Backend, RedisClient
+from aioflow.store.topology import Backend
 
 from .callbacks import RunEnd
 from .context import Context, RunStore
@@ -113,10 +113,6 @@ class Executor:
         self._note_due = note_due
         self._fns: dict[int, _Fn] = {}
         self._run_end = RunEnd(settings, clock)
-
-    @property
-    def redis(self) -> RedisClient:
-        return self.backend.redis
 
     async def aclose(self) -> None:
         await self._run_end.aclose()
@@ -339,7 +335,7 @@ class Executor:
             plan = node.branches[k] if node.kind == "branch" else node.inner
             assert plan is not None
             fields.append(f"o:{child_scope(m.scope, node.name, k)}{plan.exit}")
-        vals: Any = await self.redis.hmget(m.rid.run, fields)
+        vals: Any = await self.backend.redis.hmget(m.rid.run, fields)
         results = {
             k: codec.decode(raw) if raw is not None else None
             for k, raw in zip(ks, vals, strict=True)

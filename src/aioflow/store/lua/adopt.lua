@@ -1,4 +1,4 @@
--- Adopt messages parked for this worker's version (see versions.py): move each entry
+-- Adopt messages parked for this worker's version (see worker/parking.py): move each entry
 -- still owned by the pseudo-consumer to this consumer. ARGV: pseudo, consumer, id...
 -- Answers the adopted entries, as XCLAIM gives them.
 local pseudo, consumer = ARGV[1], ARGV[2]

@@ -4,7 +4,7 @@
 -- Answers per message: {'go', attempt, fetched...} | {'drop'} | {'dup'} | {'park'}
 -- | {'dead', 'failed' when that failed the run, else ''}
 -- | {'other', version}: the run is pinned to another version; the message is parked
--- for the workers of that version (see versions.py)
+-- for the workers of that version (see worker/parking.py)
 local consumer, now, maxdel, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local version = ARGV[5]
 local out = {}

@@ -1,4 +1,4 @@
--- Global concurrency slots of one (flow, vertex, key); see aioflow/limits.py.
+-- Global concurrency slots of one (flow, vertex, key); see aioflow/worker/limits.py.
 -- KEYS[1] is af:lim:{flow:vertex:key}, its own hash tag; keys used:
 --   :h zset holder -> lease expiry (ms), slots taken
 --   :r zset holder -> lease expiry (ms), slots reserved for a woken waiter, not yet taken

@@ -1,4 +1,4 @@
--- A token bucket shared by all workers; see aioflow/limits.py. KEYS[1] is
+-- A token bucket shared by all workers; see aioflow/worker/limits.py. KEYS[1] is
 -- af:rate:{flow:vertex:key}, its own hash tag: a hash (t tokens, ts last refill)
 -- and :r, a zset holder -> the time its reserved token is due (ms).
 -- ARGV: now (ms), tokens per ms, capacity, holder.

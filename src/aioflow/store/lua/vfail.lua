@@ -1,5 +1,5 @@
 -- Fail the runs of messages parked for a version no live worker serves (see
--- versions.py). ARGV: pseudo, now, ttl, version_wait, last beat of a worker serving
+-- worker/parking.py). ARGV: pseudo, now, ttl, version_wait, last beat of a worker serving
 -- the version (0: none), error message, id...  A run fails once
 -- max(last beat, its created time) + version_wait has passed; messages of runs
 -- that ended are acked. Answers how many runs failed.

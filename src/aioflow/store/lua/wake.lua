@@ -1,4 +1,4 @@
--- Wake a message waiting for a concurrency slot (see aioflow/limits.py): make its
+-- Wake a message waiting for a concurrency slot (see aioflow/worker/limits.py): make its
 -- member of the delayed set due now. KEYS[1] is the partition's delayed set
 -- af:{flow:p}:z. ARGV: now, member (uid \n addr \n kind \n nonce \n data).
 -- Answers 1 if woken, 0 if nobody will come for the slot: the member is gone (it
