@@ -29,6 +29,9 @@ NAMES: tuple[str, ...] = (
     "limit",  # global limits (aioflow/worker/limits.py): limit, rate, wake
     "rate",
     "wake",
+    "resolve",  # waits: a resolution message for a waiting vertex (engine/steering.py)
+    "ev_send",  # events: keep an event, answer its waiters (engine/events.py)
+    "ev_wait",  # events: record a waiter, answer a kept event (engine/events.py)
 )
 # Scripts whose second application changes nothing: sent again when a connection
 # drops with the call in flight (a failover, a restart). (Not rate: it takes a token.)

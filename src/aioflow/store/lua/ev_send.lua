@@ -1,0 +1,2 @@
+-- Send an event (issue 21, helper E): see engine/events.py.
+return 0
