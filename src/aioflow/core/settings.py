@@ -69,6 +69,9 @@ class Settings:
       several times the heartbeat interval, ``min(visibility_timeout / 3, 5)``.
     - ``version_retention``: seconds a flow version nobody serves stays in the
       registry before it is dropped (1 day).
+    - ``event_ttl``: seconds an event sent is kept for the waits that register after
+      it (a run created before the event counts it when it reaches its wait), and an
+      event id is remembered (a second send of it changes nothing) (1 day).
     """
 
     redis_url: str | None = None
@@ -96,6 +99,7 @@ class Settings:
     metrics_port: int | None = None
     version_wait: float = 60.0
     version_retention: float = 86400.0
+    event_ttl: float = 86400.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -127,6 +131,8 @@ class Settings:
             raise ConfigError(f"metrics_port must be a TCP port, got {self.metrics_port}")
         if self.version_wait <= 0 or self.version_retention <= 0:
             raise ConfigError("version_wait and version_retention must be > 0")
+        if not 0 < self.event_ttl < float("inf"):
+            raise ConfigError(f"event_ttl must be a number of seconds > 0, got {self.event_ttl}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:

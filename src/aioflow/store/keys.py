@@ -21,8 +21,14 @@ vertices travel on, so each script touches one Cluster slot::
     af:lim:{flow:vertex[:key]}:h   zset  a concurrency limit's slots: holder -> lease expiry
         ...:r / :w / :m / :n              reserved slots, waiters, where they sleep, counter
     af:rate:{flow:vertex[:key]}    hash  a rate limit's token bucket (:r its reservations)
+    af:{ev:<name>}:s:<key>         stream kept events of (name, key): fields i (id), d (data)
+    af:{ev:<name>}:w:<key>         hash  waiter ref -> deadline (epoch ms, 0: none)
+    af:{ev:<name>}:id:<event id>   string an event id seen: its fan-out, then its answer
+    af:{ev:<name>}:f               zset  fan-outs in progress: event id -> when to redo it
+    af:{ev:<name>}:on              zset  flows an event starts -> when last registered
 
-Limit keys have a hash tag of their own (see :mod:`aioflow.worker.limits`).
+Limit keys have a hash tag of their own (see :mod:`aioflow.worker.limits`); so do
+an event name's keys (see :mod:`aioflow.engine.events`), one Cluster slot per name.
 
 A run id is ``<flow>.<partition>.<key>``: it names its flow and partition.
 """
@@ -44,6 +50,10 @@ FLOWS = "af:flows"
 CONTROL = "af:ctl"
 WORKERS = "af:workers"
 RUN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# event names: flow names and dots (``kyc.reviewed``); ids fit in a run key (``ev-<id>``)
+EVENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+EVENT_KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
 
 
 def check_flow_name(name: str) -> str:
@@ -191,3 +201,58 @@ def parse_run_ref(run_id: str, flow: str | None = None) -> RunId | str:
             )
         return key
     return RunId.parse(run_id, flow=flow)
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+def check_event_name(name: str) -> str:
+    if not isinstance(name, str) or not EVENT_NAME_RE.fullmatch(name):
+        raise InvalidRunId(
+            f"invalid event name {name!r}: use 1-64 characters of [a-z0-9_.-], "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_event_key(key: str) -> str:
+    """An event key: up to 256 characters, none a control character ("" : no key)."""
+    if not isinstance(key, str) or not EVENT_KEY_RE.fullmatch(key):
+        raise InvalidRunId(
+            f"invalid event key {key!r}: a string of at most 256 characters, no control ones"
+        )
+    return key
+
+
+def check_event_id(event_id: str) -> str:
+    if not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id):
+        raise InvalidRunId(f"invalid event id {event_id!r}: use 1-60 characters of [A-Za-z0-9_-]")
+    return event_id
+
+
+def event_tag(name: str) -> str:
+    return f"af:{{ev:{name}}}"
+
+
+def event_stream(name: str, key: str) -> str:
+    """The kept events of ``(name, key)``; every event script is called on it (or on
+    :func:`event_fanouts`), which puts it on the name's slot."""
+    return f"{event_tag(name)}:s:{key}"
+
+
+def event_fanouts(name: str) -> str:
+    return f"{event_tag(name)}:f"
+
+
+def event_triggers(name: str) -> str:
+    return f"{event_tag(name)}:on"
+
+
+def waiter_ref(stream: str, uid: str, addr: str) -> str:
+    """How an event's waiter names a waiting vertex: its run's stream, run key, address."""
+    return f"{stream}\n{uid}\n{addr}"
+
+
+def parse_waiter_ref(ref: str) -> tuple[str, str, str]:
+    stream, uid, addr = ref.split("\n", 2)
+    return stream, uid, addr
