@@ -10,6 +10,7 @@ DOCUMENTED = [
     "AioflowError",
     "App",
     "BatchIncomplete",
+    "ChildFailed",
     "Client",
     "ConfigError",
     "Context",
@@ -44,6 +45,7 @@ DOCUMENTED = [
     "UnknownFlow",
     "UnknownVersion",
     "UnknownSchedule",
+    "WaitTimeout",
     "Worker",
 ]
 
@@ -79,11 +81,14 @@ def test_exceptions_share_one_root() -> None:
         aioflow.UnknownFlow,
         aioflow.UnknownVersion,
         aioflow.UnknownSchedule,
+        aioflow.WaitTimeout,
+        aioflow.ChildFailed,
     ]
     for cls in errors:
         assert issubclass(cls, aioflow.AioflowError), cls
     assert issubclass(aioflow.ResultTimeout, TimeoutError)
     assert issubclass(aioflow.UnknownVersion, aioflow.UnknownFlow)
+    assert issubclass(aioflow.ChildFailed, aioflow.RunFailed)
 
 
 def test_version() -> None:

@@ -4,6 +4,7 @@ from .client.client import Client
 from .core.errors import (
     AioflowError,
     BatchIncomplete,
+    ChildFailed,
     ConfigError,
     DefinitionError,
     Forbidden,
@@ -27,6 +28,7 @@ from .core.errors import (
     UnknownFlow,
     UnknownSchedule,
     UnknownVersion,
+    WaitTimeout,
 )
 from .core.settings import Settings
 from .definitions.app import App
@@ -44,6 +46,7 @@ __all__ = [
     "AioflowError",
     "App",
     "BatchIncomplete",
+    "ChildFailed",
     "Client",
     "ConfigError",
     "Context",
@@ -78,5 +81,6 @@ __all__ = [
     "UnknownFlow",
     "UnknownVersion",
     "UnknownSchedule",
+    "WaitTimeout",
     "Worker",
 ]

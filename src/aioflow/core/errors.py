@@ -20,9 +20,11 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── Forbidden            an HTTP request whose token's scope is too weak (403)
     ├── LimitExceeded        a value larger than ``max_value``, a foreach wider than ``max_foreach``
     ├── RunFailed            the run ended ``failed``: carries vertex, type, message, traceback
+    │   └── ChildFailed      (inside a run) the child run of a ``call`` vertex failed or stopped
     ├── RunStopped           the run was stopped before it finished
     ├── ResultTimeout        waiting for a result took longer than asked (also a TimeoutError)
     ├── NodeTimeout          a node attempt ran past its ``timeout`` (seen inside RunFailed)
+    ├── WaitTimeout          a ``wait`` vertex's timeout passed before an event or signal came
     ├── RedisUnavailable     Redis cannot be reached (connection refused, dropped, timed out)
     │   ├── RedisFull        Redis is at ``maxmemory`` and refused a write: nothing was applied
     │   ├── GatewayUnavailable  (HTTP client) the gateway or its Redis cannot be reached
@@ -37,6 +39,7 @@ from typing import Any
 __all__ = [
     "AioflowError",
     "BatchIncomplete",
+    "ChildFailed",
     "ConfigError",
     "DefinitionError",
     "Forbidden",
@@ -58,6 +61,7 @@ __all__ = [
     "RunStopped",
     "Unauthorized",
     "UnknownFlow",
+    "WaitTimeout",
     "UnknownVersion",
     "UnknownSchedule",
 ]
@@ -167,6 +171,33 @@ class RunFailed(AioflowError):
             traceback=str(error.get("traceback", "")),
             attempts=int(error.get("attempts", 0)),
         )
+
+
+class ChildFailed(RunFailed):
+    """The child run a ``call`` vertex started ended ``failed`` or ``stopped``: the
+    vertex fails with this error (its retries and ``on_failure`` apply, a retry
+    starts a new child). ``child_run_id`` names the child run, ``status`` is how it
+    ended; ``vertex``, ``error_type``, ``message`` and ``traceback`` are the child's
+    own failure (empty for a stopped child)."""
+
+    def __init__(self, child_run_id: str, status: str, error: dict[str, Any] | None = None) -> None:
+        err = error or {}
+        self.child_run_id = child_run_id
+        self.status = status
+        super().__init__(
+            child_run_id,
+            vertex=err.get("vertex"),
+            error_type=str(err.get("type", "RunStopped" if status == "stopped" else "Error")),
+            message=str(err.get("message", f"child run {child_run_id} was {status}")),
+            traceback=str(err.get("traceback", "")),
+            attempts=int(err.get("attempts", 0)),
+        )
+
+
+class WaitTimeout(AioflowError):
+    """A ``wait`` vertex's ``timeout`` passed before a matching event or a signal
+    arrived. The vertex fails with it (its retries and ``on_failure`` apply) unless
+    the wait was given ``default=``, which is then its output."""
 
 
 class RunStopped(AioflowError):

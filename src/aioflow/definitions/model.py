@@ -34,15 +34,14 @@ from .checks import is_async as is_async  # the worker's import
 from .checks import takes_ctx as takes_ctx  # the worker's import
 from .policy import Rate, RetryPolicy
 from .ticks import Schedule
+from .waits import After, Ref, Spec, WaitingVertices, WaitKind, describe_spec, event_names
 
 __all__ = ["Dag", "Edge", "Flow", "Vertex"]
 
 FLOW_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 NodeFn: TypeAlias = Callable[..., Any]
-Ref: TypeAlias = "str | Callable[..., Any]"
-After: TypeAlias = "Ref | Iterable[Ref] | None"
-Kind = Literal["node", "subdag", "branch", "foreach"]
+Kind = Literal["node", "subdag", "branch", "foreach", "wait", "sleep", "call"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 ChooseFn: TypeAlias = Callable[[Any], "Iterable[str] | Awaitable[Iterable[str]]"]
@@ -68,6 +67,7 @@ class Vertex:
     concurrency_key: KeyFn | None = None
     rate: Rate | None = None
     rate_key: KeyFn | None = None
+    spec: Spec | None = None  # wait, sleep and call: what it waits on (.waits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +81,7 @@ class Edge:
     forward: Callable[[Any], Any] | None = None
 
 
-class Dag:
+class Dag(WaitingVertices):
     """A reusable graph of vertices. Embed it in a flow with :meth:`subdag`."""
 
     def __init__(self) -> None:
@@ -138,6 +138,22 @@ class Dag:
             self._by_fn.setdefault(id(vertex.fn), []).append(vertex.name)
         for p in parents:
             self.edge(p, vertex.name)
+
+    def _add_waiting(
+        self,
+        name: str,
+        kind: WaitKind,
+        spec: Spec,
+        after: After,
+        retry: RetryPolicy | None = None,
+        on_failure: Callable[..., Any] | None = None,
+    ) -> str:
+        if kind == "call" and not isinstance(getattr(spec, "flow", None), Flow):
+            got = type(getattr(spec, "flow", None)).__name__
+            raise DefinitionError(f"{self._label()}: call {name!r} needs a Flow, got {got}")
+        v = Vertex(name, kind, retry=retry or RetryPolicy(), on_failure=on_failure, spec=spec)
+        self._add(v, after)
+        return name
 
     # -- building -----------------------------------------------------------------
 
@@ -434,6 +450,8 @@ def describe(dag: Dag) -> dict[str, Any]:
         if v.rate is not None:
             item["rate"] = {"count": v.rate.count, "period": v.rate.period}
             item["rate_key"] = v.rate_key is not None
+        if v.spec is not None:
+            item.update(describe_spec(v.spec))
         if v.kind in ("subdag", "foreach") and v.dag is not None:
             item["dag"] = describe(v.dag)
         if v.kind == "branch":
@@ -452,7 +470,10 @@ def describe(dag: Dag) -> dict[str, Any]:
         "exits": [n for n in dag.vertices if n not in sources],
     }
     if isinstance(dag, Flow):
-        return {"name": dag.name, "partitions": dag.partitions, "dag": out}
+        doc: dict[str, Any] = {"name": dag.name, "partitions": dag.partitions, "dag": out}
+        if dag.on_event:  # absent otherwise: the versions of flows without it stay
+            doc["on_event"] = list(dag.on_event)
+        return doc
     return out
 
 
@@ -466,6 +487,8 @@ class Flow(Dag):
     registers the flow.
     ``on_failure(error, ctx)`` runs once when a run fails; ``finally_(status,
     ctx)`` once when a run ends, whatever the outcome.
+    ``on_event`` names events (one, or several) each of which starts one run of
+    this flow per event id, its data the input (``flow.on_event`` is a tuple).
     """
 
     def __init__(
@@ -475,6 +498,7 @@ class Flow(Dag):
         partitions: int | Literal["auto"] = "auto",
         on_failure: Callable[..., Any] | None = None,
         finally_: Callable[..., Any] | None = None,
+        on_event: str | Iterable[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(name, str) or not FLOW_NAME_RE.fullmatch(name):
@@ -500,6 +524,7 @@ class Flow(Dag):
         self.on_failure = on_failure
         self.finally_ = finally_
         self.schedules: dict[str, Schedule] = {}
+        self.on_event: tuple[str, ...] = event_names(on_event, name)
 
     def _label(self) -> str:
         return f"flow {self.name!r}"

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import Dag, Vertex, check_graph
+from .model import Dag, Flow, Vertex, check_graph
+from .waits import MISSING
 
 OUT = "$out"  # synthetic join collecting several exits into {exit: value}
 GROUPS = ("subdag", "branch", "foreach")
@@ -197,6 +198,23 @@ def dag_from_description(doc: dict[str, Any]) -> Dag:
             branches = dag.branch(name, _placeholder, conditions=v["conditions"])
             for cond, sub in v["branches"].items():
                 _fill(branches[cond], dag_from_description(sub))
+        elif kind == "wait":
+            w = v["wait"]
+            key = _placeholder if w["key"] else None
+            default = None if w["default"] else MISSING
+            dag.wait(
+                name,
+                event=w["event"],
+                key=key,
+                timeout=w["timeout"],
+                default=default,
+                since=w["since"],
+            )
+        elif kind == "sleep":
+            sl = v["sleep"]
+            dag.sleep(name, seconds=sl["seconds"], until=_placeholder if sl["until"] else None)
+        elif kind == "call":
+            dag.call(name, Flow(v["call"]["flow"]))  # only its name: the child pins its own
     for e in doc["edges"]:
         dag.edge(
             e["from"], e["to"], data=e["data"], forward=_placeholder if e.get("forward") else None

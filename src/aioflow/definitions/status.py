@@ -29,7 +29,8 @@ class VertexStatus(enum.StrEnum):
 
     Live: ``running``; ``parked`` (its run is paused: it starts on resume);
     ``retrying`` (an attempt failed, the next one waits for its backoff); ``waiting``
-    (for a concurrency slot or a rate token); ``queued`` (enqueued again: handed back
+    (for a concurrency slot or a rate token; a ``wait``, ``sleep`` or ``call``
+    vertex for its event or signal, its time or its child run); ``queued`` (enqueued again: handed back
     by a draining worker, or by a retry of its run). Final: ``completed``, ``failed``,
     and ``cancelled``: its run failed or was stopped before it finished, so it will not
     run again unless the run is retried. A finished run has no live vertex. Vertices
@@ -64,13 +65,18 @@ class VertexState:
     those of its last attempt (``ended`` is None while it runs; for a vertex cancelled
     while it ran, when its run ended); ``queued`` is when its message was last enqueued
     (the stream entry's time, Redis clock, ms) and ``queue_wait`` is
-    ``started - queued``."""
+    ``started - queued``. ``deadline`` (unix seconds) is when a waiting ``wait``
+    times out or a ``sleep`` ends (None: no deadline, or not such a vertex);
+    ``child`` is the run id of the child run a ``call`` vertex started last. A
+    waiting vertex has no ``ended``."""
 
     status: VertexStatus
     attempts: int = 0
     started: float | None = None
     ended: float | None = None
     queued: float | None = None
+    deadline: float | None = None
+    child: str | None = None
 
     def __post_init__(self) -> None:
         self.status = VertexStatus(self.status)
@@ -89,6 +95,8 @@ class VertexState:
             "ended": self.ended,
             "queued": self.queued,
             "queue_wait": self.queue_wait,
+            "deadline": self.deadline,
+            "child": self.child,
         }
 
 
@@ -98,7 +106,8 @@ class RunState:
     ``vertices`` maps each vertex address that started to its status and attempts;
     ``callback`` is the callback's delivery report and ``hook_errors`` lists flow
     hooks (``on_failure``, ``finally_``) that raised; ``version`` is the flow
-    version the run is pinned to (None for runs submitted before versions)."""
+    version the run is pinned to (None for runs submitted before versions);
+    ``parent`` is the run id of the run whose ``call`` vertex started this one."""
 
     run_id: str
     flow: str
@@ -113,6 +122,7 @@ class RunState:
     callback: dict[str, Any] | None = None
     hook_errors: list[dict[str, Any]] | None = None
     version: str | None = None
+    parent: str | None = None
 
     def to_json(self) -> bytes:
         """The state as JSON (bytes values written ``{"$bytes": ...}``)."""
@@ -120,6 +130,7 @@ class RunState:
             "run_id": self.run_id,
             "flow": self.flow,
             "version": self.version,
+            "parent": self.parent,
             "status": self.status.value,
             "created": self.created,
             "started": self.started,
@@ -166,9 +177,15 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
             vs.queued = int(queued) / 1000 if queued else None
         elif k.startswith(b"e:"):
             vertex(k).ended = float(v)
+        elif k.startswith(b"dl:"):  # a wait's or sleep's deadline, its attempt's
+            vertex(k[1:]).deadline = float(v) if v else None
+        elif k.startswith(b"ch:"):
+            vertex(k).child = v.decode()
     for vs in vertices.values():
+        if vs.status is not VertexStatus.WAITING:
+            vs.deadline = None  # the deadline of a wait that is over
         # the end of an earlier attempt (or of a group's open) is not this attempt's
-        if vs.status is VertexStatus.RUNNING or (
+        if vs.status in (VertexStatus.RUNNING, VertexStatus.WAITING) or (
             vs.ended is not None and vs.ended < (vs.started or 0)
         ):
             vs.ended = None
@@ -176,6 +193,8 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
     err = h.get(b"err")
     cb = h.get(b"cb")
     hook_errors = h.get(b"hook_errors")
+    options = codec.loads(h[b"opts"]) if h.get(b"opts") else {}
+    parent = options.get("parent") if isinstance(options, dict) else None
     return RunState(
         run_id=run_id,
         flow=flow,
@@ -186,8 +205,9 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
         vertices=dict(sorted(vertices.items())),
         result=codec.decode(h[b"result"]) if b"result" in h else None,
         error=codec.loads(err) if err else None,
-        options=codec.loads(h[b"opts"]) if h.get(b"opts") else {},
+        options=options,
         callback=codec.loads(cb) if cb else None,
         hook_errors=codec.loads(hook_errors) if hook_errors else None,
         version=h[b"v"].decode() if h.get(b"v") else None,
+        parent=parent[0] if isinstance(parent, list) and parent else None,
     )
