@@ -35,7 +35,7 @@ from aioflow.store.outage import REDIS_ERRORS, is_oom
 from aioflow.store.scripts import SCRIPTS
 from aioflow.store.topology import Backend, Conn, RedisClient
 
-from . import bulk, dead_letters, runs, steering, waiting
+from . import bulk, dead_letters, events, runs, steering, waiting
 from . import registry as versions
 from .catalog import Catalog
 from .memory import memory_full
@@ -92,6 +92,18 @@ async def register(redis: RedisClient, flows: Iterable[Flow], *, fast: Conn | No
     await versions.register(redis, flows, seen=True, fast=fast)
 
 
+def settings_options(settings: Settings) -> dict[str, Any]:
+    """The arguments of :class:`Engine` that ``settings`` give."""
+    return {
+        "result_ttl": settings.result_ttl,
+        "submit_replicas": settings.submit_replicas,
+        "submit_replicas_timeout": settings.submit_replicas_timeout,
+        "max_value": settings.max_value,
+        "version_wait": settings.version_wait,
+        "event_ttl": settings.event_ttl,
+    }
+
+
 class Engine:
     """Submit, wait for, inspect and steer runs on one Redis.
 
@@ -110,6 +122,7 @@ class Engine:
         submit_replicas_timeout: float = 1.0,
         max_value: int | None = None,
         version_wait: float = 60.0,
+        event_ttl: float = 86400.0,
         backend: Backend | None = None,
     ) -> None:
         # a backend given is shared (a worker's, say) and stays open on close()
@@ -118,6 +131,7 @@ class Engine:
         self.submit_replicas = submit_replicas
         self.submit_replicas_timeout = submit_replicas_timeout
         self.max_value = max_value
+        self.event_ttl = event_ttl
         self.fast = self.backend.fast  # submit and result reads: the per-run path
         self.pins = versions.Pins(self.backend, window=version_wait)
         self.catalog = Catalog(self.backend, self.pins)
@@ -130,16 +144,9 @@ class Engine:
     @classmethod
     def from_settings(cls, redis: RedisClient, settings: Settings, **kw: Any) -> Engine:
         """An engine that submits as ``settings`` say (result TTL, value limit, replica
-        acknowledgement, version wait); ``kw`` adds or overrides (clock, tracing,
+        acknowledgement, version wait, event TTL); ``kw`` adds or overrides (clock, tracing,
         backend)."""
-        opts: dict[str, Any] = {
-            "result_ttl": settings.result_ttl,
-            "submit_replicas": settings.submit_replicas,
-            "submit_replicas_timeout": settings.submit_replicas_timeout,
-            "max_value": settings.max_value,
-            "version_wait": settings.version_wait,
-        }
-        return cls(redis, **{**opts, **kw})
+        return cls(redis, **{**settings_options(settings), **kw})
 
     @property
     def redis(self) -> RedisClient:
@@ -373,3 +380,26 @@ class Engine:
         """Replay a dead letter: its run (failed by it) reruns from its failed vertices
         and the entry leaves the dead-letter stream. Answers the run id."""
         return await dead_letters.replay(self.backend, self.catalog, dead_letter_id)
+
+    # -- the world: events and signals (see :mod:`.events`) ------------------------
+
+    async def send_event(
+        self, name: str, data: Any = None, *, key: str | None = None, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """Send event ``name`` (see :meth:`aioflow.Client.send_event`); answers
+        ``{"resolved": n, "started": [run ids]}``."""
+        await self.start()
+        return await events.send_event(self, name, data, key=key, event_id=event_id)
+
+    async def signal(self, run_id: str | RunId, vertex: str, data: Any = None) -> bool:
+        """Resolve the run's waiting vertex with ``data`` (see :meth:`aioflow.Client.signal`)."""
+        rid = run_id if isinstance(run_id, RunId) else RunId.parse(run_id)
+        return await steering.signal(
+            self.backend,
+            self.catalog,
+            rid,
+            vertex,
+            data,
+            clock=self.clock,
+            max_value=self.max_value,
+        )

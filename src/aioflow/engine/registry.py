@@ -1,7 +1,8 @@
 """The registry of flow versions in Redis: registering a flow's definition
 under its version, marking the versions served, dropping those nobody serves,
-listing them, and the :class:`Pins` through which a submitter finds the version
-a new run pins. What a version is: :mod:`aioflow.definitions.versions`."""
+listing them, the :class:`Pins` through which a submitter finds the version
+a new run pins, and the flows events start (``Flow(on_event=...)``). What a
+version is: :mod:`aioflow.definitions.versions`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ log = logging.getLogger("aioflow.versions")
 
 
 PSEUDO = "v:"  # consumer-name prefix of parked messages' owners
+# seconds a flow stays started by an event once no process serving it registers it
+TRIGGER_TTL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ async def register(
                 for stream in keys.streams(flow.name, p):  # every priority's stream
                     pipe.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
             res = await pipe.execute(raise_on_error=False)
+        if seen:
+            await _triggers(redis, [flow], now)
         for r in res:
             if isinstance(r, ResponseError) and "BUSYGROUP" not in str(r):
                 raise r
@@ -143,12 +148,30 @@ async def refresh(
     """Mark ``{flow: version}`` as seen now; with ``docs``, also put back their
     definitions in case they were dropped while this process was away."""
     now = time.time() if now is None else now
+    docs = list(docs)
     async with redis.pipeline(transaction=False) as pipe:
         for flow, v in served.items():
             pipe.zadd(seen_key(flow), {v: now})
         for f in docs:
             doc = flow_doc(f, now, partitions_of(f, fast))
             pipe.hsetnx(fv_key(f.name), version_of(f), codec.dumps(doc))
+        await pipe.execute()
+    await _triggers(redis, docs, now)
+
+
+async def _triggers(redis: RedisClient, flows: Iterable[Flow], now: float) -> None:
+    """Record that ``flows`` are started by their events (one zset per event name,
+    on its slot): served flows refresh it, so a flow that stopped listening drops
+    out after :data:`TRIGGER_TTL`, and the set itself expires once nobody serves."""
+    pairs = [(name, f.name) for f in flows for name in f.on_event]
+    if not pairs:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for name, flow in pairs:
+            key = keys.event_triggers(name)
+            pipe.zadd(key, {flow: now})
+            pipe.zremrangebyscore(key, "-inf", now - TRIGGER_TTL)
+            pipe.pexpire(key, int(TRIGGER_TTL * 1000))
         await pipe.execute()
 
 

@@ -44,14 +44,14 @@ from dataclasses import dataclass
 from aioflow.core.errors import InvalidRunId
 from aioflow.definitions.model import FLOW_NAME_RE
 from aioflow.definitions.priority import PRIORITIES, SUFFIX
+from aioflow.definitions.waits import EVENT_NAME_RE
 
 GROUP = "workers"
 FLOWS = "af:flows"
 CONTROL = "af:ctl"
 WORKERS = "af:workers"
 RUN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# event names: flow names and dots (``kyc.reviewed``); ids fit in a run key (``ev-<id>``)
-EVENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# event ids fit in the run key of the runs they start (``ev-<id>``)
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
 EVENT_KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
 

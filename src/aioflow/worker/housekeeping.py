@@ -3,14 +3,15 @@
 Every pass (a third of ``visibility_timeout``, at most 5 s) it heartbeats,
 cancels the nodes of runs stopped meanwhile, renews the leases of the messages
 it holds (running and parked), reclaims messages idle past the visibility
-timeout, recovers deliveries whose read reply was lost, and runs the versions'
-pass; every 5 s it also trims the streams and prunes the run index and old
-heartbeats. Each duty runs on its own: one failing (Redis away or full) does
-not skip the others. The lease watch runs apart, since the housekeeping's calls
-may each wait out a Redis timeout: it cancels nodes whose leases could not be
-renewed for longer than the visibility timeout (another worker may have
-reclaimed and started them), and starts the lost-read recovery soon after a
-read failed.
+timeout, recovers deliveries whose read reply was lost, runs the versions' pass
+and finishes the fan-outs of events its flows listen to that their senders left
+(they died; see :mod:`aioflow.engine.events`); every 5 s it also trims the
+streams and prunes the run index and old heartbeats. Each duty runs on its own:
+one failing (Redis away or full) does not skip the others. The lease watch runs
+apart, since the housekeeping's calls may each wait out a Redis timeout: it
+cancels nodes whose leases could not be renewed for longer than the visibility
+timeout (another worker may have reclaimed and started them), and starts the
+lost-read recovery soon after a read failed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aioflow.core import codec
 from aioflow.core.settings import Settings
+from aioflow.definitions.model import Flow
+from aioflow.engine import events
+from aioflow.engine.engine import Engine
 from aioflow.observability.metrics import WorkerMetrics
 from aioflow.store import keys
 from aioflow.store.outage import Episode
 from aioflow.store.scripts import SCRIPTS
-from aioflow.store.topology import Conn, RedisClient
+from aioflow.store.topology import Backend, Conn, RedisClient
 
 from .health import window as health_window
 from .limits import Limits
@@ -49,6 +53,8 @@ class Host(Protocol):
 
     settings: Settings
     fast: Conn
+    backend: Backend
+    flows: dict[str, Flow]
     consumer: str
     clock: Callable[[], float]
     versions: WorkerVersions
@@ -98,6 +104,8 @@ class Housekeeping:
         self.last_renewal = time.monotonic()  # leases of what runs were last renewed
         self.lease_lost = 0  # nodes cancelled: their lease could not be kept
         self.orphan_hunt: asyncio.Task[None] | None = None
+        self._events = events.listened(worker.flows.values())
+        self._sender: Engine | None = None
 
     async def run(self) -> None:
         w = self.w
@@ -114,6 +122,8 @@ class Housekeeping:
                 # (a claim refused now would be refused again)
                 await self._duty("reclaim", lambda: self._reclaim(int(vt * 1000)))
                 await self._duty("orphans", self._readers.recover_orphans)
+            if self._events:
+                await self._duty("event fan-outs", self._redo_fanouts)
             slow = time.monotonic() - last_trim > 5.0
             await self._duty("versions", functools.partial(w.versions.tick, slow=slow))
             if slow:
@@ -140,6 +150,14 @@ class Housekeeping:
         w = self.w
         for stream in w._stream_list:
             await SCRIPTS.call(w.fast, "trim", stream)
+
+    async def _redo_fanouts(self) -> None:
+        w = self.w
+        if self._sender is None:  # on the worker's connections
+            self._sender = Engine.from_settings(
+                w.backend.given, w.settings, backend=w.backend, clock=w.clock
+            )
+        await events.redo_due(self._sender, self._events)
 
     async def _heartbeat(self) -> None:
         w = self.w
