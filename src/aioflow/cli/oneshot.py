@@ -1,5 +1,6 @@
 """The one-shot commands, the client from the shell: ``submit``, ``runs``, ``run``,
-``dlq`` (over Redis or an HTTP gateway), ``flows`` and ``schedule`` (over Redis).
+``dlq``, ``event`` (over Redis or an HTTP gateway), ``flows`` and ``schedule``
+(over Redis).
 
 Each one resolves its URL (``--url``, else what :class:`~aioflow.Client` finds),
 checks its scheme, does its work and returns an exit code. An unreachable Redis or
@@ -96,13 +97,29 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("--status", default=None, choices=[s.value for s in Status])
     sp.add_argument("--limit", type=int, default=20)
     add_url(sp, gateway=True)
-    sp = sub.add_parser("run", help="a run's state or result; pause, resume, stop or retry it")
-    sp.add_argument("action", choices=["state", "result", "pause", "resume", "stop", "retry"])
+    sp = sub.add_parser(
+        "run", help="a run's state or result; pause, resume, stop, retry or signal it"
+    )
+    sp.add_argument(
+        "action", choices=["state", "result", "pause", "resume", "stop", "retry", "signal"]
+    )
     sp.add_argument("run_id", help="the run id, or the caller-chosen one with --flow")
+    sp.add_argument(
+        "signal", nargs="*", metavar="VERTEX DATA", help="signal: the wait vertex and its data"
+    )
     sp.add_argument("--flow", default=None, help="RUN_ID is the id the caller chose in this flow")
     sp.add_argument(
         "--wait", type=float, default=None, metavar="S", help="result: wait at most S seconds"
     )
+    sp.add_argument("--raw", action="store_true", help="signal: send DATA as bytes, not JSON")
+    add_url(sp, gateway=True)
+    sp = sub.add_parser("event", help="send an event")
+    sp.add_argument("action", choices=["send"])
+    sp.add_argument("name", help="the event name")
+    sp.add_argument("data", nargs="?", default=None, help="JSON data, or - to read stdin")
+    sp.add_argument("--key", default=None, help="the event's key (default: none)")
+    sp.add_argument("--id", default=None, help="the event's id: a second send of it does nothing")
+    sp.add_argument("--raw", action="store_true", help="send the data as bytes, not JSON")
     add_url(sp, gateway=True)
     sp = sub.add_parser("dlq", help="list or replay dead letters")
     sp.add_argument("action", choices=["list", "replay"])
@@ -187,6 +204,10 @@ async def control(c: Client, args: argparse.Namespace) -> int:
     """``aioflow run ACTION RUN_ID [--flow NAME]``: the state as JSON, the result, or
     the run's new status."""
     action, rid, flow = args.action, args.run_id, args.flow
+    if action == "signal":
+        return await signal(c, args)
+    if args.signal:
+        raise ConfigError(f"aioflow run {action} takes no argument after the run id")
     if action == "result":
         return await _result(c, rid, args.wait, flow)
     if action == "state":
@@ -197,6 +218,33 @@ async def control(c: Client, args: argparse.Namespace) -> int:
     else:
         call: Callable[..., Awaitable[Status]] = getattr(c, action)
         _line(f"{rid}: {(await call(rid, flow=flow)).value}")
+    return 0
+
+
+async def signal(c: Client, args: argparse.Namespace) -> int:
+    """``aioflow run signal RUN_ID VERTEX [DATA]``: exit 0 when the wait took it, 1 when
+    the run ended or the vertex was resolved already."""
+    if len(args.signal) not in (1, 2):
+        raise ConfigError("aioflow run signal takes RUN_ID VERTEX [DATA]")
+    vertex, data = (
+        args.signal[0],
+        _input(args.signal[1] if len(args.signal) > 1 else None, args.raw),
+    )
+    if await c.signal(args.run_id, vertex, data, flow=args.flow):
+        _line(f"{args.run_id}: signal taken by {vertex}")
+        return 0
+    sys.stderr.write(
+        f"aioflow: signal not taken: run {args.run_id} ended or {vertex} was resolved already\n"
+    )
+    return 1
+
+
+async def event(c: Client, args: argparse.Namespace) -> int:
+    """``aioflow event send NAME [DATA] [--key K] [--id ID]``: prints the answer as JSON
+    (``{"resolved": n, "started": [run ids]}``)."""
+    data = _input(args.data, args.raw)
+    answer = await c.send_event(args.name, data, key=args.key, event_id=args.id)
+    _line(codec.dumps(answer).decode())
     return 0
 
 
@@ -247,6 +295,7 @@ COMMANDS: dict[str, tuple[Command, bool]] = {
     "runs": (runs, True),
     "run": (control, True),
     "dlq": (dlq, True),
+    "event": (event, True),
     "flows": (flows, False),
     "schedule": (schedule, False),
 }

@@ -340,6 +340,33 @@ class Client:
         async with translate():
             return await self.engine.runs(_name(flow), status=status, limit=limit, cursor=cursor)
 
+    async def send_event(
+        self, name: str, data: Any = None, *, key: str | None = None, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """Send event ``name`` with ``data``: it resolves every run waiting on ``(name,
+        key)`` (``key=None``: the key ""), is kept ``event_ttl`` for runs that reach
+        such a wait later (counted if sent after the run began), and starts one run
+        of each flow with ``on_event=name``. A send with an ``event_id`` sent before
+        (``[A-Za-z0-9_-]{1,60}``) changes nothing and answers as the first did.
+        Answers ``{"resolved": n, "started": [run ids]}``. Raises InvalidRunId for a
+        bad name, key or id, LimitExceeded for data larger than ``max_value``."""
+        if self._http is not None:
+            return await self._http.send_event(name, data, key=key, event_id=event_id)
+        async with translate():
+            return await self.engine.send_event(name, data, key=key, event_id=event_id)
+
+    async def signal(
+        self, run_id: str, vertex: str, data: Any = None, *, flow: str | Flow | None = None
+    ) -> bool:
+        """Resolve the ``wait`` vertex ``vertex`` (its address) of a run with ``data``,
+        unless an event, signal or timeout did first (then False). A signal sent before
+        the run reaches the wait is kept for it. Raises InvalidTransition when
+        ``vertex`` is not a wait vertex of the run, RunNotFound, LimitExceeded."""
+        if self._http is not None:
+            return await self._http.signal(run_id, vertex, data, flow=_flow_name(flow))
+        async with translate():
+            return await self.engine.signal(await self.engine.run_id(run_id, flow), vertex, data)
+
     async def schedules(self, flow: str | Flow) -> list[schedule.ScheduleState]:
         """The flow's registered schedules: paused or not, last and next tick."""
         async with translate():

@@ -37,7 +37,7 @@ from aioflow.core.errors import (
     UnknownFlow,
 )
 from aioflow.definitions.status import RunState, Status, VertexState
-from aioflow.store.keys import RunId, check_flow_name, parse_run_ref
+from aioflow.store.keys import RunId, check_event_name, check_flow_name, parse_run_ref
 
 # the gateway answers ?wait= for at most this long; longer waits poll the state
 MAX_WAIT = 300.0
@@ -291,6 +291,21 @@ class HttpClient:
     async def retry(self, run_id: str, *, flow: str | None = None) -> int:
         _, _, raw = await self._call("POST", f"{self._run_path(run_id, flow)}/retry")
         return int(codec.loads(raw).get("requeued", 0))
+
+    async def send_event(
+        self, name: str, data: Any, *, key: str | None, event_id: str | None
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = {"key": key, "data": data}
+        if event_id is not None:
+            doc["id"] = event_id
+        path = f"/events/{urllib.parse.quote(check_event_name(name), safe='')}"
+        _, _, raw = await self._call("POST", path, body=(doc,))
+        return dict(codec.loads(raw))
+
+    async def signal(self, run_id: str, vertex: str, data: Any, *, flow: str | None) -> bool:
+        path = f"{self._run_path(run_id, flow)}/signal/{urllib.parse.quote(vertex, safe='')}"
+        _, _, raw = await self._call("POST", path, body=(data,))
+        return bool(codec.loads(raw)["taken"])
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         _, _, raw = await self._call("GET", "/dead-letters", params=[("limit", str(limit))])

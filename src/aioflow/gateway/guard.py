@@ -1,10 +1,10 @@
 """The gateway's guard: who may call which route, and the headers every answer carries.
 
 A route needs nothing (``/healthz``, the dashboard page and its static files),
-``read`` (every other GET), ``run`` (starting runs) or ``admin`` (every other
-POST). With ``hmac_secret`` set a POST is authorized by a valid, fresh, unused
-``X-Aioflow-Signature``; with ``api_tokens`` set by a bearer token of the
-needed scope. A POST that carries a signature header is judged by it alone.
+``read`` (every other GET), ``run`` (starting runs, sending events and signals)
+or ``admin`` (every other POST). With ``hmac_secret`` set a POST is authorized
+by a valid, fresh, unused ``X-Aioflow-Signature``; with ``api_tokens`` set by a
+bearer token of the needed scope. A POST that carries a signature header is judged by it alone.
 """
 
 from __future__ import annotations
@@ -32,8 +32,16 @@ from aioflow.core.settings import Settings
 
 #: routes anyone may call: health, and the dashboard's page and assets (no data)
 OPEN_ROUTES = frozenset({"/healthz", "/", "/static/{name}", "/favicon.ico"})
-#: POST routes that start runs; every other POST steers runs and needs ``admin``
-RUN_ROUTES = frozenset({"/flow/{name}", "/flow/{name}/batch"})
+#: POST routes that start runs or feed them (events, signals); every other POST
+#: steers runs and needs ``admin``
+RUN_ROUTES = frozenset(
+    {
+        "/flow/{name}",
+        "/flow/{name}/batch",
+        "/events/{name}",
+        "/flow/{name}/run/{run_id}/signal/{vertex}",
+    }
+)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (

@@ -16,6 +16,9 @@ from .schemas import (
     ADMIN,
     ANY_BODY,
     BAD_ID,
+    EVENT_ID,
+    EVENT_KEY,
+    EVENT_NAME,
     FLOW,
     FORBIDDEN,
     NAME,
@@ -88,6 +91,13 @@ _START_RUN_BODY = {
     "content": ANY_BODY,
 }
 
+_SIGNAL_BODY = {
+    "required": False,
+    "description": "The data: JSON parsed (an empty JSON body is 400 empty_body: send "
+    "null for none), anything else as bytes",
+    "content": ANY_BODY,
+}
+
 _START_BATCH_BODY = {
     "required": True,
     "description": "A JSON array of inputs, or {inputs, run_ids} with a "
@@ -109,6 +119,25 @@ _START_BATCH_BODY = {
                         },
                     },
                 ]
+            }
+        }
+    },
+}
+
+_EVENT_BODY = {
+    "required": True,
+    "description": 'The event: its key (absent or null: the key ""), its data, and '
+    "its id (absent or null: a new one; an id sent before changes nothing)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "key": {"type": ["string", "null"], "pattern": EVENT_KEY},
+                    "data": {},
+                    "id": {"type": ["string", "null"], "pattern": EVENT_ID},
+                },
             }
         }
     },
@@ -391,6 +420,58 @@ ROUTES: tuple[Route, ...] = (
             RUN_ID,
             path_param("action", "What to do", enum=["pause", "resume", "stop", "retry"]),
         ),
+    ),
+    Route(
+        "post",
+        "/flow/{name}/run/{run_id}/signal/{vertex}",
+        "signalRun",
+        "Resolve a waiting vertex of the run with the body (kept until the run reaches it)",
+        RUN,
+        {
+            "200": json_response("Whether the signal was taken", ref("SignalResult")),
+            "400": error(
+                "Malformed flow name, run id or body", "invalid_id", "invalid_json", "empty_body"
+            ),
+            "404": UNKNOWN,
+            "409": error("Not a wait vertex of the run", "invalid_transition"),
+            "413": error(
+                "Body larger than max_body or max_value",
+                "request_entity_too_large",
+                "value_too_large",
+            ),
+        },
+        parameters=(
+            FLOW,
+            RUN_ID,
+            path_param("vertex", "The wait vertex's address", minLength=1, maxLength=1000),
+        ),
+        body=_SIGNAL_BODY,
+    ),
+    # events
+    Route(
+        "post",
+        "/events/{name}",
+        "sendEvent",
+        "Send an event: resolve the runs waiting on (name, key), start the flows it starts",
+        RUN,
+        {
+            "200": json_response("Applied (or sent before: the first answer)", ref("EventSent")),
+            "400": error(
+                "Malformed event name, key, id or body",
+                "invalid_id",
+                "invalid_json",
+                "empty_body",
+                "invalid_event",
+            ),
+            "413": error(
+                "Body larger than max_body, data larger than max_value",
+                "request_entity_too_large",
+                "value_too_large",
+            ),
+            "415": error("The body is not application/json", "unsupported_media_type"),
+        },
+        parameters=(path_param("name", "Event name", EVENT_NAME, maxLength=64),),
+        body=_EVENT_BODY,
     ),
     Route(
         "post",

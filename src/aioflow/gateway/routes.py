@@ -42,7 +42,7 @@ from aioflow.engine.engine import Engine, register, translate
 from aioflow.observability import tracing
 from aioflow.observability.metrics import GatewayMetrics
 from aioflow.observability.metrics import response as metrics_response
-from aioflow.store.keys import RunId, check_flow_name
+from aioflow.store.keys import RunId, check_event_name, check_flow_name
 from aioflow.store.outage import REDIS_ERRORS, Episode
 from aioflow.store.topology import RedisClient
 
@@ -285,6 +285,39 @@ async def start_batch(request: web.Request) -> web.Response:
     return _json({"run_ids": [str(rid) for rid, _ in pairs]}, 202)
 
 
+EVENT_FIELDS = frozenset({"key", "data", "id"})
+
+
+async def send_event(request: web.Request) -> web.Response:
+    """``POST /events/{name}``: ``{"key", "data", "id"}`` (each optional); answers 200
+    ``{"resolved": n, "started": [run ids]}``."""
+    name = check_event_name(request.match_info["name"])
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text='an event is a JSON body (application/json): {"key", "data", "id"}'
+        )
+    doc = await _body(request)
+    if not isinstance(doc, dict) or not set(doc) <= EVENT_FIELDS:
+        raise _bad_request(
+            "invalid_event",
+            'an event is a JSON object with "key" (a string or null), "data" (any JSON) '
+            'and "id" (a string or null), each optional, and nothing else',
+        )
+    key, eid = doc.get("key"), doc.get("id")
+    if not isinstance(key, str | None) or not isinstance(eid, str | None):
+        raise _bad_request("invalid_event", '"key" and "id" are strings or null')
+    answer = await _engine(request).send_event(name, doc.get("data"), key=key, event_id=eid)
+    return _json(answer)
+
+
+async def signal_run(request: web.Request) -> web.Response:
+    """``POST /flow/{name}/run/{run_id}/signal/{vertex}``: the body is the data."""
+    rid = await _run_id(request)
+    vertex = request.match_info["vertex"]
+    taken = await _engine(request).signal(rid, vertex, await _body(request))
+    return _json({"run_id": str(rid), "vertex": vertex, "taken": taken})
+
+
 async def run_state(request: web.Request) -> web.Response:
     state = await _engine(request).state(await _run_id(request))
     if state.error is not None:
@@ -506,5 +539,8 @@ def create_app(
     app.router.add_get("/flow/{name}/runs", list_runs)
     app.router.add_get("/flow/{name}/run/{run_id}", run_state)
     app.router.add_post("/flow/{name}/run/{run_id}/{action}", run_control)
+    # a vertex address may hold '/' (flow/run/id/signal/group[key]/name)
+    app.router.add_post("/flow/{name}/run/{run_id}/signal/{vertex:.+}", signal_run)
+    app.router.add_post("/events/{name}", send_event)
     app.router.add_post("/flow/{name}/schedule/{schedule}/{action}", schedule_control)
     return app

@@ -11,6 +11,9 @@ NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 RUN_KEY = r"^[A-Za-z0-9_-]{1,64}$"
 # a full run id <flow>.<partition>.<key>, or the key alone (the id its caller chose)
 RUN_REF = r"^([a-z0-9][a-z0-9_-]{0,63}\.[0-9]{1,4}\.)?[A-Za-z0-9_-]{1,64}$"
+EVENT_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+EVENT_KEY = r"^[^\u0000-\u001f\u007f]{0,256}$"
+EVENT_ID = r"^[A-Za-z0-9_-]{1,60}$"
 
 Security = list[dict[str, list[str]]]
 READ: Security = [{"bearer": []}]
@@ -178,6 +181,26 @@ SCHEMAS: dict[str, Any] = {
     "Status": {
         "type": "string",
         "enum": ["pending", "running", "paused", "stopped", "completed", "failed"],
+    },
+    "EventSent": {
+        "type": "object",
+        "required": ["resolved", "started"],
+        "properties": {
+            "resolved": {"type": "integer", "description": "waiting vertices resolved"},
+            "started": {"type": "array", "items": {"type": "string"}, "description": "run ids"},
+        },
+    },
+    "SignalResult": {
+        "type": "object",
+        "required": ["run_id", "vertex", "taken"],
+        "properties": {
+            "run_id": {"type": "string"},
+            "vertex": {"type": "string"},
+            "taken": {
+                "type": "boolean",
+                "description": "false: the run ended or the vertex was resolved already",
+            },
+        },
     },
     "ControlResult": {
         "type": "object",
