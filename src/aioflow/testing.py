@@ -20,7 +20,10 @@ whatever its ``asyncio_mode``: in pytest-asyncio's default strict mode an
 ``await run_flow(app_or_flow, data)`` runs a flow and returns its result (or
 raises :class:`~aioflow.RunFailed`); it starts a worker for the flow if the
 test has none, and jumps the fake clock over retry backoffs so a test of
-retries never sleeps. ``await eventually(cond)`` waits for a condition.
+retries never sleeps. ``await kit.send_event(name, data, key=...)`` sends an
+event at the kit's clock (runs waiting on it resume, ``on_event`` flows start);
+``await kit.signal(run_id, vertex, data)`` signals a waiting vertex. ``await
+eventually(cond)`` waits for a condition.
 """
 
 from __future__ import annotations
@@ -160,6 +163,19 @@ class Kit:
                 due = await self._next_due(rid)
                 if due is not None and due > self.clock():
                     self.clock.now = due
+
+    async def send_event(
+        self, name: str, data: Any = None, *, key: str | None = None, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """Send event ``name`` at the kit's clock (see :meth:`aioflow.Client.send_event`):
+        answers ``{"resolved": n, "started": [run ids]}``."""
+        return await self.client.send_event(name, data, key=key, event_id=event_id)
+
+    async def signal(
+        self, run_id: str, vertex: str, data: Any = None, *, flow: str | None = None
+    ) -> bool:
+        """Signal the wait vertex ``vertex`` of a run (see :meth:`aioflow.Client.signal`)."""
+        return await self.client.signal(run_id, vertex, data, flow=flow)
 
     async def _next_due(self, rid: RunId) -> float | None:
         """Due time (epoch seconds) of the run's earliest delayed message."""
