@@ -9,6 +9,7 @@ from redis.exceptions import WatchError
 from aioflow.core import codec
 from aioflow.core.errors import InvalidTransition, RunNotFound
 from aioflow.definitions.plan import Plan, child_scope
+from aioflow.definitions.waits import WAITS
 from aioflow.store.keys import RunId
 from aioflow.store.topology import RedisClient
 
@@ -69,6 +70,8 @@ class _Reseed:
             self.enqueue.append((addr, "n", data))
             self.fields[f"a:{addr}"] = 0
             self.fields[f"s:{addr}"] = "queued"
+            if node.kind in WAITS:  # attempts count from 0 again: open the claim's gate
+                self.fields[f"wr:{addr}"] = ""
         return self.done(scope + plan.exit)
 
 

@@ -35,8 +35,20 @@ NAMES: tuple[str, ...] = (
 )
 # Scripts whose second application changes nothing: sent again when a connection
 # drops with the call in flight (a failover, a restart). (Not rate: it takes a token.)
+# (resolve: a second application adds a message the claim's gate drops.)
 IDEMPOTENT = frozenset(
-    {"complete", "submit", "move", "lease", "trim", "handback", "submit_many", "limit", "wake"}
+    {
+        "complete",
+        "submit",
+        "move",
+        "lease",
+        "trim",
+        "handback",
+        "submit_many",
+        "limit",
+        "wake",
+        "resolve",
+    }
 )
 
 

@@ -1,6 +1,13 @@
 -- Start a batch of delivered messages. ARGV: consumer, now, max_deliveries, ttl,
 -- version (the worker's version of this flow), then
 -- per message: id uid addr kind marker check nfetch field...
+-- check: '1' to check max_deliveries (a reclaimed message), else '0'; for a timer
+-- (kind 't') followed by ':<attempt>', the attempt it was set for.
+-- Kinds 'e' and 't' resolve a waiting vertex (wait, sleep, call): they count no
+-- attempt, a timer of another attempt is stale ('dup'), and only one resolution
+-- passes per attempt: the gate wr:<addr> holds '<attempt>:<message id>' of the one
+-- that did (its redelivery passes again). A resolution of a vertex not started
+-- (attempt 0: a signal ahead of its wait, or a vertex a retry re-enqueued) is 'dup'.
 -- Answers per message: {'go', attempt, fetched...} | {'drop'} | {'dup'} | {'park'}
 -- | {'dead', 'failed' when that failed the run, else ''}
 -- | {'other', version}: the run is pinned to another version; the message is parked
@@ -49,6 +56,11 @@ while i <= #ARGV do
       redis.call('XACK', q, GROUP, id)
       res = {'park'}
     else
+      local tattempt = nil
+      if kind == 't' then
+        local c, a = string.match(check, '^(%d):(%d+)$')
+        check, tattempt = c, tonumber(a)
+      end
       if check == '1' and maxdel > 0 then
         local p = redis.call('XPENDING', q, GROUP, id, id, 1)
         if p[1] and tonumber(p[1][4]) > maxdel then
@@ -68,19 +80,35 @@ while i <= #ARGV do
         if kind == 'c' then
           tf, tv = 's:' .. addr, 'running'
           attempt = tonumber(head[4]) or 1
+        elseif kind == 'e' or kind == 't' then
+          tf, tv = 's:' .. addr, 'running'
+          attempt = tonumber(head[4]) or 0
+          local gate = redis.call('HGET', run, 'wr:' .. addr)
+          local ga, gid = nil, nil
+          if gate then ga, gid = string.match(gate, '^(%d+):(.*)$') end
+          if attempt == 0 or (kind == 't' and tattempt ~= attempt)
+              or (ga and tonumber(ga) == attempt and gid ~= id) then
+            redis.call('XACK', q, GROUP, id)
+            res = {'dup'}
+          else
+            redis.call('HSET', run, 'wr:' .. addr, attempt .. ':' .. id)
+          end
         else
           attempt = (tonumber(head[4]) or 0) + 1
         end
-        if kind ~= 'f' and status == 'pending' then
+        if res then  -- a resolution that lost
+        elseif kind ~= 'f' and status == 'pending' then
           redis.call('HSET', run, 'status', 'running', 'started', now, 's:' .. addr, 'running',
             tf, tv, 'a:' .. addr, attempt)
         else  -- running, or the hooks of a finished run (no status change)
           redis.call('HSET', run, 's:' .. addr, 'running', tf, tv, 'a:' .. addr, attempt)
         end
-        res = {'go', attempt}
-        if n > 0 then
-          local vals = redis.call('HMGET', run, unpack(ARGV, base + 1, base + n))
-          for j = 1, n do res[j + 2] = vals[j] end
+        if not res then
+          res = {'go', attempt}
+          if n > 0 then
+            local vals = redis.call('HMGET', run, unpack(ARGV, base + 1, base + n))
+            for j = 1, n do res[j + 2] = vals[j] end
+          end
         end
       end
     end
