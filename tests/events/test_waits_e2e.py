@@ -48,8 +48,7 @@ async def test_one_event_resolves_the_runs_of_its_key_and_no_other(any_redis_url
     async with running([kyc_flow()], any_redis_url) as s:
         mine = [await s.client.submit("kyc", {"user": "u1"}) for _ in range(3)]
         other = await s.client.submit("kyc", {"user": "u2"})
-        for rid in [*mine, other]:
-            await wait_until(lambda r=rid: _waiting(s.client, r), what="runs waiting")
+        await wait_until(lambda: _all_waiting(s.client, [*mine, other]), what="runs waiting")
         ans = await s.client.send_event(
             "kyc.reviewed", {"approved": False}, key="u1", event_id="x1"
         )
@@ -94,3 +93,7 @@ async def _running(client: aioflow.Client, rid: str, vertex: str) -> bool:
 async def _waiting(client: aioflow.Client, rid: str) -> bool:
     v = (await client.state(rid)).vertices.get("review")
     return v is not None and v.status == "waiting"
+
+
+async def _all_waiting(client: aioflow.Client, rids: list[str]) -> bool:
+    return all([await _waiting(client, r) for r in rids])
