@@ -88,16 +88,20 @@ class VertexState:
         return max(0.0, self.started - self.queued)
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        """The vertex as JSON-able data; ``deadline`` and ``child`` only when set."""
+        doc: dict[str, Any] = {
             "status": self.status.value,
             "attempts": self.attempts,
             "started": self.started,
             "ended": self.ended,
             "queued": self.queued,
             "queue_wait": self.queue_wait,
-            "deadline": self.deadline,
-            "child": self.child,
         }
+        if self.deadline is not None:
+            doc["deadline"] = self.deadline
+        if self.child is not None:
+            doc["child"] = self.child
+        return doc
 
 
 @dataclass
@@ -130,13 +134,14 @@ class RunState:
             "run_id": self.run_id,
             "flow": self.flow,
             "version": self.version,
-            "parent": self.parent,
             "status": self.status.value,
             "created": self.created,
             "started": self.started,
             "ended": self.ended,
             "vertices": {a: v.to_doc() for a, v in self.vertices.items()},
         }
+        if self.parent is not None:
+            doc["parent"] = self.parent
         if self.status is Status.COMPLETED:
             doc["result"] = self.result
         if self.error is not None:
@@ -177,10 +182,10 @@ def parse_state(run_id: str, flow: str, h: dict[bytes, bytes]) -> RunState:
             vs.queued = int(queued) / 1000 if queued else None
         elif k.startswith(b"e:"):
             vertex(k).ended = float(v)
-        elif k.startswith(b"dl:"):  # a wait's or sleep's deadline, its attempt's
+        elif k.startswith(b"dl:"):  # (three-letter prefixes: k[1:] has a two-letter one)
             vertex(k[1:]).deadline = float(v) if v else None
         elif k.startswith(b"ch:"):
-            vertex(k).child = v.decode()
+            vertex(k[1:]).child = v.decode()
     for vs in vertices.values():
         if vs.status is not VertexStatus.WAITING:
             vs.deadline = None  # the deadline of a wait that is over

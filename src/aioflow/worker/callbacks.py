@@ -1,7 +1,9 @@
 """What a worker does once a run has ended (its ``"f"`` message): the flow's
 ``on_failure`` (failed runs) and ``finally_`` hooks, then the callback: the run's
 outcome POSTed, signed, to the URL it was started with. Both are recorded on the
-run: the hooks' errors as ``hook_errors``, the delivery's report as ``cb``."""
+run: the hooks' errors as ``hook_errors``, the delivery's report as ``cb``. Then
+its family (:mod:`.calls`): a child run's outcome goes to its parent's ``call``
+vertex, a parent that failed or was stopped stops its children."""
 
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from aioflow.core.security import (
 from aioflow.core.settings import Settings
 from aioflow.definitions.model import Flow
 from aioflow.definitions.status import Status
+from aioflow.store.topology import Backend
 
+from .calls import run_ended
 from .context import Context
 
 log = logging.getLogger("aioflow.worker")
@@ -35,7 +39,8 @@ class RunEnd:
     """Runs the hooks and the callback of ended runs, posting callbacks through one
     HTTP session of its own (opened at the first, closed by :meth:`aclose`)."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float], backend: Backend) -> None:
+        self._backend = backend
         self._settings = settings
         self._clock = clock
         self._secrets = parse_secrets(settings.hmac_secret)
@@ -68,6 +73,7 @@ class RunEnd:
                     doc["error"].pop("traceback", None)
             report = await self._callback(url.decode(), codec.dumps(doc), ctx.run_id)
             ops += ["S", "cb", codec.dumps(report), ""]
+        await run_ended(self._backend, self._settings, self._clock, flow, status, fetched, ctx)
         return ops
 
     async def _hooks(

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from aioflow.core.settings import Settings
 from aioflow.definitions.model import Flow
 from aioflow.definitions.plan import Plan, resolve
+from aioflow.definitions.waits import WAITS
 from aioflow.observability.metrics import WorkerMetrics
 from aioflow.store import keys
 from aioflow.store.outage import Episode, is_oom
@@ -32,6 +33,7 @@ from .parking import WorkerVersions
 from .transient import TRANSIENT
 from .vertex import FINAL, Executor, Msg
 from .vertex import marker as default_marker
+from .waits import split_timer
 
 log = logging.getLogger("aioflow.worker")
 
@@ -91,9 +93,9 @@ class Starter:
                     rplan, node, scope = plan, FINAL, ""
                 else:
                     rplan, node, scope = resolve(plan, addr)
-                if kind not in ("n", "c", "f") or (
-                    kind == "c" and node.kind not in ("subdag", "branch", "foreach")
-                ):
+                if kind not in ("n", "c", "f") and not (kind in ("e", "t") and node.kind in WAITS):
+                    raise ValueError(kind)
+                if kind == "c" and node.kind not in ("subdag", "branch", "foreach"):
                     raise ValueError(kind)
             except Exception:  # dead-lettered, unless its run is pinned to another version
                 u = f.get(b"r", b"") if isinstance(f, dict) else b""
@@ -110,6 +112,10 @@ class Starter:
                 msgs.append(mid)
                 continue
             m = Msg(stream, mid, flow, rplan, node, scope, uid, addr, kind, f.get(b"d"))
+            check = "1" if reclaimed else "0"
+            if kind == "t":  # a timer: the attempt it is for, then the vertex's data
+                timer, m.data = split_timer(m.data)
+                check = f"{check}:{timer}"
             fetch = w.executor.fetch_fields(m)
             args += [
                 mid,
@@ -117,7 +123,7 @@ class Starter:
                 addr,
                 kind,
                 default_marker(m),
-                "1" if reclaimed else "0",
+                check,
                 len(fetch),
                 *fetch,
             ]

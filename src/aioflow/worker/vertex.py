@@ -12,58 +12,33 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aioflow.core import codec
-from aioflow.core.errors import DefinitionError, LimitExceeded, NodeTimeout
+from aioflow.core.errors import LimitExceeded, NodeTimeout
 from aioflow.core.settings import Settings
-from aioflow.definitions.model import Flow, is_async, takes_ctx
-from aioflow.definitions.plan import GROUPS, Plan, PNode, child_scope, parent_group
+from aioflow.definitions.model import is_async, takes_ctx
+from aioflow.definitions.plan import GROUPS, PNode, parent_group
+from aioflow.definitions.waits import WAITS
 from aioflow.observability import tracing
 from aioflow.observability.metrics import outcome
 from aioflow.store import keys
-from aioflow.store.keys import RunId
 from aioflow.store.topology import Backend
 
 from .callbacks import RunEnd
 from .context import Context, RunStore
+from .groups import close_group, open_group
+from .message import Msg as Msg  # where the other parts import it from
 from .retries import error_record, log_retry, retry_delay
+from .waits import Waiting
 
 log = logging.getLogger("aioflow.worker")
 
 
-@dataclass(eq=False, slots=True)
-class Msg:
-    """A claimed vertex message and what the claim script read for it."""
-
-    stream: str
-    id: bytes
-    flow: Flow
-    plan: Plan
-    node: PNode
-    scope: str
-    uid: str
-    addr: str
-    kind: str  # "n" run the vertex (or open a group), "c" close a group, "f" run hooks
-    data: bytes | None
-    attempt: int = 0
-    fetched: list[bytes | None] = field(default_factory=list)
-    wants_ctx: bool = False
-    trace: bytes | None = None
-    # "stop", "drain" or "lease_lost" when the worker cancelled the task
-    cancelled: str | None = None
-    t0: float = 0.0  # perf_counter() when it started (metrics)
-    vstatus: str = ""  # the vertex status its completion record sets
-    timed_out: bool = False
-
-    @property
-    def rid(self) -> RunId:
-        return RunId(self.flow.name, int(self.stream.split(":")[-2].rstrip("}")), self.uid)
-
-
+RETRIED = ("node", *WAITS)  # the vertex kinds whose failures are retried
 FINAL = PNode("$final", "final", None, (), ())
 
 
@@ -112,10 +87,12 @@ class Executor:
         self._queue = queue
         self._note_due = note_due
         self._fns: dict[int, _Fn] = {}
-        self._run_end = RunEnd(settings, clock)
+        self._run_end = RunEnd(settings, clock, backend)
+        self.waits = Waiting(self)
 
     async def aclose(self) -> None:
         await self._run_end.aclose()
+        await self.waits.aclose()
 
     def run(self, m: Msg) -> Any:
         """The coroutine that runs ``m`` (inside a span when tracing)."""
@@ -127,6 +104,8 @@ class Executor:
         if m.kind == "f":
             m.wants_ctx = True
             return ["status", "err", "result", "cbu", "opts", *(["tp"] if self.tracing else [])]
+        if node.kind in WAITS:
+            return self.waits.fetch_fields(m)
         if m.kind == "c":
             fields.append(f"gk:{m.addr}")
         elif node.parents and not (node.single_input and m.data is not None):
@@ -219,8 +198,11 @@ class Executor:
                 await self._final(m)
                 return
             if m.kind == "c":
-                ops = await self._close(m)
+                ops = await close_group(self, m)
                 self._queue(m, ops[1], value=ops[0])
+                return
+            if m.node.kind in WAITS:
+                await self.waits.execute(m)
                 return
             data = self._input(m)
             node = m.node
@@ -232,7 +214,7 @@ class Executor:
                     data = await _maybe_await(vertex.aggregate(data))
                 out = await self._call(m, data)
             else:
-                await self._open(m, data)
+                await open_group(self, m, data)
                 return
             value = self._encode(m, out)
             self._queue(m, self._success_ops(m, value), value=value)
@@ -273,79 +255,6 @@ class Executor:
                 ops += ["F", "", "", ""]
         return ops
 
-    async def _open(self, m: Msg, data: Any) -> None:
-        """Run choose/split and enqueue the entries of every chosen scope."""
-        node = m.node
-        v = node.vertex
-        assert v is not None
-        items: dict[str, Any]
-        if node.kind == "subdag":
-            items = {"": data}
-        elif node.kind == "branch":
-            assert v.choose is not None
-            chosen = await _maybe_await(v.choose(data))
-            chosen = [chosen] if isinstance(chosen, str) else list(dict.fromkeys(chosen or ()))
-            for c in chosen:
-                if c not in node.branches:
-                    raise DefinitionError(
-                        f"branch {m.addr!r} chose undeclared condition {c!r}; "
-                        f"declared: {sorted(node.branches)}"
-                    )
-            items = {c: data for c in chosen}
-        else:
-            assert v.split is not None
-            split = await _maybe_await(v.split(data))
-            if not isinstance(split, Mapping):
-                raise TypeError(
-                    f"foreach {m.addr!r}: split must return a mapping of key to value, "
-                    f"got {type(split).__name__}"
-                )
-            if len(split) > self.settings.max_foreach:
-                raise LimitExceeded(
-                    f"foreach {m.addr!r}: split returned {len(split)} items, "
-                    f"more than max_foreach={self.settings.max_foreach}"
-                )
-            items = {str(k): val for k, val in split.items()}
-        if not items:
-            out: Any = {}
-            if v.aggregate is not None:
-                out = await _maybe_await(v.aggregate(out))
-            value = self._encode(m, out)
-            self._queue(m, self._success_ops(m, value), value=value, marker=f"o:{m.addr}")
-            return
-        ops: list[Any] = ["S", f"gk:{m.addr}", codec.dumps(list(items)), ""]
-        for key, val in items.items():
-            plan = node.branches[key] if node.kind == "branch" else node.inner
-            assert plan is not None
-            scope = child_scope(m.scope, node.name, key)
-            enc = self._encode(m, val, f"item {key!r}")
-            ops += ["S", f"gi:{scope}", enc, ""]
-            for e in plan.entries:
-                ops += ["E", scope + e, "n", enc]
-        self._queue(m, ops, value=str(len(items)).encode(), vstatus="running")
-
-    async def _close(self, m: Msg) -> tuple[bytes, list[Any]]:
-        """Collect the results of a group's scopes into the group's output."""
-        node = m.node
-        v = node.vertex
-        assert v is not None and m.fetched[0] is not None
-        ks: list[str] = codec.loads(m.fetched[0])
-        fields = []
-        for k in ks:
-            plan = node.branches[k] if node.kind == "branch" else node.inner
-            assert plan is not None
-            fields.append(f"o:{child_scope(m.scope, node.name, k)}{plan.exit}")
-        vals: Any = await self.backend.redis.hmget(m.rid.run, fields)
-        results = {
-            k: codec.decode(raw) if raw is not None else None
-            for k, raw in zip(ks, vals, strict=True)
-        }
-        out: Any = results[""] if node.kind == "subdag" else results
-        if v.aggregate is not None:
-            out = await _maybe_await(v.aggregate(out))
-        value = self._encode(m, out)
-        return value, self._success_ops(m, value)
-
     async def _final(self, m: Msg) -> None:
         """After a run ended: the flow's on_failure and finally_ hooks, then the callback."""
         ops = await self._run_end.ops(m.flow, m.fetched, self._context(m))
@@ -354,12 +263,13 @@ class Executor:
     async def _failed(self, m: Msg, error: BaseException, data: Any) -> None:
         m.timed_out = isinstance(error, NodeTimeout)
         vertex = m.node.vertex
-        if vertex is not None and vertex.kind == "node":
+        if vertex is not None and vertex.kind in RETRIED:
             delay = retry_delay(vertex.retry, error, m.attempt)
             if delay is not None:
                 due = self.clock() + delay
                 log_retry(m.flow.name, m.rid, m.addr, m.attempt, error, delay)
-                member = keys.delayed_member(m.uid, m.addr, m.kind, m.id.decode(), m.data)
+                kind = "n" if m.kind in "et" else m.kind  # a resolution's retry starts again
+                member = keys.delayed_member(m.uid, m.addr, kind, m.id.decode(), m.data)
                 self._queue(m, ["D", int(due * 1000), member, ""], mode="r", vstatus="retrying")
                 self._note_due(due)
                 if self.tracing:
@@ -383,6 +293,8 @@ class Executor:
     def handback_ops(self, m: Msg) -> list[Any]:
         # not counted against retries: the attempt counter goes back (a group's close
         # never counted one)
+        if m.kind in ("e", "t"):
+            return self.waits.handback_ops(m)
         ops: list[Any] = ["E", m.addr, m.kind, m.data or b""]
         if m.kind != "c":
             ops += ["S", f"a:{m.addr}", max(0, m.attempt - 1), ""]
