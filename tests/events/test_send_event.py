@@ -133,6 +133,11 @@ async def test_on_event_starts_one_run_per_event_and_flow_whatever_the_senders(
 ) -> None:
     flows = signup_flows()
     await register(backend.redis, flows, fast=backend.fast)
+    triggers = keys.event_triggers("user.created")
+    assert set(await backend.redis.zrange(triggers, 0, -1)) == {b"welcome", b"audit"}
+    assert await backend.redis.pttl(triggers) > 0  # bounded: refreshed while served
+    # a flow whose registration is gone: skipped, the others still start
+    await backend.redis.zadd(keys.event_triggers("user.created"), {"ghost": 1.0})
     senders = [Engine(backend.given, backend=backend) for _ in range(4)]
     try:
         answers = await asyncio.gather(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aioflow.core import codec
-from aioflow.core.errors import LimitExceeded, UnknownFlow
+from aioflow.core.errors import AioflowError, LimitExceeded, RedisUnavailable
 from aioflow.definitions.model import Dag, Flow
 from aioflow.store import keys
 from aioflow.store.keys import RunId
@@ -195,7 +195,9 @@ async def deliver(sender: Sender, fan: Fanout) -> dict[str, Any]:
                 rid, _ = await sender.submit(
                     flow, data, run_id=trigger_run_key(fan.event_id), options=opts
                 )
-            except UnknownFlow as e:  # its registration expired since
+            except RedisUnavailable:
+                raise  # the fan-out stays: redone later
+            except AioflowError as e:  # refused for good (its registration expired...)
                 log.warning("event %r: not starting flow %r: %s", fan.name, flow, e)
                 continue
             started.append(str(rid))
