@@ -20,6 +20,10 @@ async def _status(client: aioflow.Client, run_id: str, addr: str) -> str | None:
     return v.status.value if v is not None else None
 
 
+async def _is(client: aioflow.Client, run_id: str, addr: str, status: str) -> bool:
+    return await _status(client, run_id, addr) == status
+
+
 async def _waiting(client: aioflow.Client, run_id: str, addr: str) -> bool:
     return await _status(client, run_id, addr) == "waiting"
 
@@ -51,7 +55,7 @@ async def test_a_signal_before_the_run_reaches_the_wait_is_kept(redis_url: str) 
     slow.wait("answer", after=first)
     async with running([slow], redis_url) as s:
         rid = await s.client.submit("slow-review", 1)
-        await wait_until(lambda: _status(s.client, rid, "first"), what="first running")
+        await wait_until(lambda: _is(s.client, rid, "first", "running"), what="first running")
         assert await signal(s.client, rid, "answer", "early") is True
         assert await _status(s.client, rid, "answer") is None  # not started
         gate.set()
@@ -127,8 +131,11 @@ async def test_signal_and_timeout_race_resolves_once(
     await aioflow_worker(flows.review, concurrency=8)
     n = 40
     rids = [await aioflow_client.submit("review", {"user": f"u{i}"}) for i in range(n)]
-    for rid in rids:
-        await eventually(lambda rid=rid: _waiting(aioflow_client, rid, "manual"), what="waiting")
+
+    async def all_waiting() -> bool:
+        return all([await _waiting(aioflow_client, r, "manual") for r in rids])
+
+    await eventually(all_waiting, what="every run waiting")
     aioflow_clock.advance(60)
     taken = await asyncio.gather(
         *(signal(aioflow_client, r, "manual", {"approved": True}) for r in rids)
