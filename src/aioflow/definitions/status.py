@@ -28,13 +28,14 @@ class VertexStatus(enum.StrEnum):
     """Where one vertex of a run stands (a group's status covers its scopes).
 
     Live: ``running``; ``parked`` (its run is paused: it starts on resume);
-    ``retrying`` (an attempt failed, the next one waits for its backoff); ``waiting``
-    (for a concurrency slot or a rate token; a ``wait``, ``sleep`` or ``call``
-    vertex for its event or signal, its time or its child run); ``queued`` (enqueued again: handed back
-    by a draining worker, or by a retry of its run). Final: ``completed``, ``failed``,
-    and ``cancelled``: its run failed or was stopped before it finished, so it will not
-    run again unless the run is retried. A finished run has no live vertex. Vertices
-    a run never reached (untaken branch paths, items or children it never started)
+    ``retrying`` (an attempt failed, the next one waits for its backoff);
+    ``waiting`` (for a concurrency slot or a rate token; a ``wait``, ``sleep`` or
+    ``call`` vertex for its event or signal, its time or its child run); ``queued``
+    (enqueued again: handed back by a draining worker, or by a retry of its run).
+    Final: ``completed``, ``failed``, and ``cancelled``: its run failed or was
+    stopped before it finished, so it will not run again unless the run is retried.
+    A finished run has no live vertex. Vertices a run never reached (untaken branch
+    paths, items or children it never started)
     are not listed at all, whatever the run's status."""
 
     RUNNING = "running"
