@@ -6,10 +6,13 @@ Every node function is trivial, so the figures measure aioflow, not the work:
 - ``bench-chain``: three vertices in a row, ``x -> x + 3`` (W3).
 - ``bench-fanout``: an entry, ten vertices after it, and one join after all ten
   (``x -> sum(x + 1 + i for i in 0..9)``) (W4).
+- ``bench-wait``: a ``wait`` on the event ``bench.go`` keyed by the input, then a node
+  that answers how long after the event's send it ran (W6).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aioflow
@@ -67,6 +70,16 @@ async def join(parts: dict[str, int]) -> int:
     return sum(parts.values())
 
 
+waiting = aioflow.Flow("bench-wait")
+waiting.wait("go", event="bench.go", key=str, timeout=3600)
+
+
+@waiting.node(after="go")
+async def resumed(event: dict[str, float]) -> float:
+    """Seconds from the event's send (its ``sent``, the sender's clock) to now."""
+    return time.time() - event["sent"]
+
+
 def expected(flow: str, x: int) -> int:
     """The result each flow gives for input ``x`` (to check the runs really ran)."""
     if flow == single.name:
@@ -78,4 +91,4 @@ def expected(flow: str, x: int) -> int:
     raise KeyError(flow)
 
 
-app = aioflow.App(flows=[single, chain, fanout])
+app = aioflow.App(flows=[single, chain, fanout, waiting])

@@ -15,7 +15,7 @@ from .workloads import SPECS
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
-    p = argparse.ArgumentParser(description="aioflow benchmarks (W1-W5)")
+    p = argparse.ArgumentParser(description="aioflow benchmarks (W1-W6)")
     p.add_argument("--only", default=",".join(SPECS), help="workloads to run, e.g. W1,W3")
     p.add_argument("--scale", type=float, default=1.0, help="multiply counts (0.1: quick run)")
     p.add_argument("--workers", type=int, default=1, help="worker commands (default 1)")

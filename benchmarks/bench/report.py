@@ -83,6 +83,11 @@ def table(outcomes: Sequence[Outcome]) -> str:
         )
         if s.key == "W2":
             rows.append(("W2 execute() p99", f"{o.extra['p99_ms']:.3f} ms", *[""] * 10))
+        if s.key == "W6":
+            for phase, label in (("idle", "one at a time"), ("burst", "in the burst")):
+                for q in ("p50", "p99"):
+                    ms = o.extra[f"{phase}_resume_{q}_ms"]
+                    rows.append((f"W6 send to resume {q}, {label}", f"{ms:.3f} ms", *[""] * 10))
     if any(len(o.rounds) > 1 for o in outcomes):
         rows.append(("",) * len(COLUMNS))
         for o in outcomes:

@@ -1,4 +1,4 @@
-"""The workloads W1-W5: what each one runs and how its figure compares with the peers'
+"""The workloads W1-W6: what each one runs and how its figure compares with the peers'
 (:data:`SPECS`), and the drivers that submit its runs and await their results."""
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ SPECS = {
     "W5": Spec(
         "W5", "bulk-submitted runs", 100_000, 1, "bench-single", 0, "-", 0, "runs/s",
         batch=1000,
+    ),
+    # each run waits on its own key; the wait's resolution and the node after it
+    "W6": Spec(
+        "W6", "events resuming waiting runs", 10_000, 2, "bench-wait", 0, "-", 0, "events/s",
     ),
 }  # fmt: skip
 # CPU per single-vertex run (W1) of the peers, client + worker + Redis, same measurement
@@ -199,3 +203,87 @@ async def round_trips(
     )
     out.samples = in_order
     return out
+
+
+W6_EVENT = "bench.go"
+W6_SENDERS = 64  # events in flight at once in the burst
+W6_ONE_BY_ONE = 100  # runs resumed one at a time first
+
+
+async def _all_waiting(client: aioflow.Client, ids: Sequence[str]) -> None:
+    """Until every run's wait vertex is waiting (so no event is taken at registration)."""
+    pending = list(ids)
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while pending:
+        states = await asyncio.gather(*(client.state(rid) for rid in pending[:2000]))
+        done = {
+            rid
+            for rid, st in zip(pending, states, strict=False)
+            if st.vertices.get("go") is not None and st.vertices["go"].status == "waiting"
+        }
+        pending = [rid for rid in pending if rid not in done]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} runs never reached their wait")
+
+
+async def events_then_resume(client: aioflow.Client, spec: Spec, n: int, meter: Meter) -> Outcome:
+    """Submit ``n`` runs that each wait on their own key and let them all reach the wait
+    (not metered). Then resume the first ``W6_ONE_BY_ONE`` one at a time (send its event,
+    await its result: the latency of an idle system), and the rest in a burst, their
+    events ``W6_SENDERS`` at a time, awaiting every result. A run's result is the
+    seconds from its event's send to the node after the wait (W6)."""
+    errors: list[str] = []
+    ids: list[str] = []
+    for first in range(0, n, 1000):
+        ids += await client.submit_many(spec.flow, range(first, min(n, first + 1000)))
+    await _all_waiting(client, ids)
+    one_by_one = min(W6_ONE_BY_ONE, n // 2)
+    await meter.start()
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(W6_SENDERS)
+
+    async def send(i: int) -> None:
+        async with sem:
+            res = await client.send_event(W6_EVENT, {"sent": time.time()}, key=str(i))
+            if res["resolved"] != 1:
+                errors.append(f"event {i}: resolved {res['resolved']} runs, expected 1")
+
+    idle: list[float] = []
+    for i in range(one_by_one):
+        await send(i)
+        idle.append(float(await client.result(ids[i], timeout=RESULT_TIMEOUT)) * 1000)
+    t1 = time.perf_counter()
+    await asyncio.gather(*(send(i) for i in range(one_by_one, n)))
+    sent = time.perf_counter() - t1
+    await meter.mark("submit")
+    results = await asyncio.gather(
+        *(client.result(rid, timeout=RESULT_TIMEOUT) for rid in ids[one_by_one:]),
+        return_exceptions=True,
+    )
+    seconds = time.perf_counter() - t0
+    burst: list[float] = []
+    for rid, r in zip(ids[one_by_one:], results, strict=True):
+        if isinstance(r, BaseException):
+            errors.append(f"{rid}: {type(r).__name__}: {r}")
+        else:
+            burst.append(float(r) * 1000)
+    idle.sort()
+    burst.sort()
+    idle = idle or [math.nan]
+    burst = burst or [math.nan]
+    return Outcome(
+        spec,
+        n,
+        seconds,
+        (n - one_by_one) / sent,
+        extra={
+            "one_by_one": one_by_one,
+            "idle_resume_p50_ms": round(percentile(idle, 50), 3),
+            "idle_resume_p99_ms": round(percentile(idle, 99), 3),
+            "burst_send_s": round(sent, 4),
+            "burst_resume_p50_ms": round(percentile(burst, 50), 3),
+            "burst_resume_p99_ms": round(percentile(burst, 99), 3),
+            "all_resumed_s": round(seconds, 4),
+        },
+        errors=errors,
+    )
