@@ -156,4 +156,16 @@ async def maybe_crash(x: int, ctx: aioflow.Context) -> int:
     return x * 2
 
 
-app = aioflow.App(flows=[diamond, stall, crashy])
+# -- waiter: a wait on the event chaos.go keyed by the input, then one node -------------
+
+waiter = aioflow.Flow("waiter")
+waiter.wait("w", event="chaos.go", key=str, timeout=600)
+
+
+@waiter.node(after="w")
+async def resumed(event: dict[str, int], ctx: aioflow.Context) -> int:
+    await record(ctx)
+    return event["v"] + 1
+
+
+app = aioflow.App(flows=[diamond, stall, crashy, waiter])
