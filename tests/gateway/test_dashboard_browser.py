@@ -105,7 +105,18 @@ def flows() -> list[aioflow.Flow]:
     async def second(x: int) -> int:
         return x + 1
 
-    return [steps, hold]
+    child = aioflow.Flow("ui-child")
+
+    @child.node
+    async def work(data: Any) -> Any:
+        await Gate.wait()
+        return {"checked": data}
+
+    waits = aioflow.Flow("ui-wait")
+    waits.wait("review", event="ui.review", timeout=3600)
+    waits.call("verify", child, after="review")
+
+    return [steps, hold, child, waits]
 
 
 async def text_of(pg: Any, selector: str) -> str:
@@ -384,4 +395,45 @@ async def test_timeline_draws_queue_wait_runs_retries_and_failures(
         assert await mark.locator("rect.tq").count() == 1  # waiting: pale, up to now
         assert await mark.locator("rect.tb").count() == 0  # never started: no bar
         assert await pg.locator("#timeline g.trow[data-addr=detect] rect.ts-running").count() == 1
+        assert console.errors == []
+
+
+async def test_a_waiting_vertex_shows_its_deadline_and_a_call_links_its_child(
+    redis_url: str, chromium: Browser
+) -> None:
+    gate = Gate.reset()
+    async with dashboard(redis_url, chromium) as (srv, pg, console):
+        await pg.locator("#flows a", has_text="ui-wait").click()
+        await pg.click("#startBtn")
+        await wait_until(status_in(pg, "running"), timeout=T, what="run shown running")
+        run_id = str(await pg.locator("#secRun h2 .mono").inner_text())
+        await pg.click("#tab-table")
+        review = pg.locator("#vtable tr[data-addr=review]")
+        await review.locator(".badge", has_text="waiting").wait_for()
+        doc = await state(srv.base, "ui-wait", run_id)
+        deadline = doc["vertices"]["review"]["deadline"]
+        assert deadline > doc["created"] + 3500
+        shown = await pg.evaluate(f"fmtTime({deadline})")
+        assert await review.locator("td.waits").inner_text() == f"until {shown}"
+
+        async with aiohttp.ClientSession() as http:
+            url = f"{srv.base}/flow/ui-wait/run/{run_id}/signal/review"
+            async with http.post(url, json={"approved": True}) as r:
+                assert r.status == 200, await r.text()
+        verify = pg.locator("#vtable tr[data-addr=verify]")
+        link = verify.locator("td.waits a")
+        await link.wait_for()
+        child_id = str(await link.inner_text())
+        assert child_id.startswith("ui-child.")
+        assert (await state(srv.base, "ui-wait", run_id))["vertices"]["verify"]["child"] == child_id
+
+        await link.click()  # the child's page links back to its parent
+        await pg.locator("#secRun h2 .mono", has_text=child_id).wait_for()
+        assert await text_of(pg, "#runParent") == run_id
+        gate.set()
+        await wait_until(status_in(pg, "completed"), timeout=T, what="child completed")
+        await pg.click("#runParent a")
+        await pg.locator("#secRun h2 .mono", has_text=run_id).wait_for()
+        await wait_until(status_in(pg, "completed"), timeout=T, what="parent completed")
+        assert '"approved": true' in await text_of(pg, "#secRun pre")
         assert console.errors == []

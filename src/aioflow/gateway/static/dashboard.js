@@ -295,7 +295,7 @@ const escRe = (t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 function matchStatus(tmpl, vertices) {
   if (!tmpl.includes(WILD)) {
     const v = vertices[tmpl];
-    return v && typeof v === "object" ? {st: v.status, tip: "status: " + v.status + "\nattempts: " + (v.attempts ?? "?")} : null;
+    return v && typeof v === "object" ? {st: v.status, tip: ["status: " + v.status, "attempts: " + (v.attempts ?? "?"), ...waitTip(v)].filter(Boolean).join("\n")} : null;
   }
   const re = new RegExp("^" + tmpl.split(WILD).map(escRe).join(".*?") + "$");
   const counts = {};
@@ -476,6 +476,7 @@ function renderRun(d) {
       btn("stop", "Stop", !TERMINAL.has(st), "danger")),
     h("dl", {class: "meta"},
       h("dt", {}, "flow"), h("dd", {}, String(d.flow ?? S.flow)),
+      ...(d.parent ? [h("dt", {}, "parent run"), h("dd", {id: "runParent"}, runLink(d.parent))] : []),
       h("dt", {}, "created"), h("dd", {}, fmtTime(d.created)),
       h("dt", {}, "ended"), h("dd", {}, d.ended == null ? "—" : fmtTime(d.ended)),
       h("dt", {}, "duration"), h("dd", {id: "runDur"}, d.ended == null ? fmtDur(d.created, null) + " (so far)" : fmtDur(d.created, d.ended))),
@@ -500,15 +501,32 @@ function renderRun(d) {
 function vertexTable(verts) {
   return verts.length ? h("table", {id: "vtable"},
     h("thead", {}, h("tr", {}, h("th", {}, "address"), h("th", {}, "status"), h("th", {}, "attempts"),
-      h("th", {}, "queued"), h("th", {}, "ran"))),
+      h("th", {}, "queued"), h("th", {}, "ran"), h("th", {}, "waits for"))),
     h("tbody", {}, verts.map(([addr, v]) => {
       const t = vtimes(v || {});
-      return h("tr", {},
+      return h("tr", {"data-addr": addr},
         h("td", {class: "id"}, addr), h("td", {}, badge(v && v.status)),
         h("td", {}, String(v && v.attempts != null ? v.attempts : "")),
         h("td", {class: "muted"}, t.qw == null ? "" : fmtSpan(t.qw)),
-        h("td", {class: "muted"}, t.started == null ? "" : fmtDur(t.started, t.ended)));
+        h("td", {class: "muted"}, t.started == null ? "" : fmtDur(t.started, t.ended)),
+        h("td", {class: "waits"}, waitsFor(v || {})));
     }))) : h("div", {class: "muted"}, "no vertex has started yet");
+}
+
+// what a waiting vertex waits for: its child run (a call) and its deadline (a wait's
+// timeout, a sleep's end), as the state gives them
+const runLink = (rid) => h("a", {href: hashFor(String(rid).split(".")[0], String(rid)), class: "mono"}, String(rid));
+function waitsFor(v) {
+  const out = [];
+  if (v.child) out.push("child run ", runLink(v.child));
+  if (typeof v.deadline === "number" && !(v.status && v.status !== "waiting")) {
+    out.push((out.length ? ", until " : "until ") + fmtTime(v.deadline));
+  }
+  return out;
+}
+function waitTip(v) {
+  return [v.child ? "child run: " + v.child : null,
+    typeof v.deadline === "number" && v.status === "waiting" ? "waits until: " + fmtTime(v.deadline) : null];
 }
 
 // ---------- timeline (Gantt) of a run's vertices, from started/ended/queued/queue_wait ----------
@@ -565,7 +583,7 @@ function timeline(d, verts) {
       r.t.qw != null ? "queue wait: " + fmtSpan(r.t.qw) : null,
       r.t.started != null ? "started: +" + fmtSpan(r.t.started - t0) : null,
       r.t.started != null && r.t.ended != null ? "ran: " + fmtSpan(r.t.ended - r.t.started) : null,
-      att > 1 ? "retried: times are those of the last attempt" : null].filter(Boolean).join("\n");
+      att > 1 ? "retried: times are those of the last attempt" : null, ...waitTip(r.v)].filter(Boolean).join("\n");
     const g = s("g", {class: "trow" + (att > 1 ? " retried" : "") + (st === "failed" ? " failed" : ""), "data-addr": r.addr},
       s("title", {}, tip),
       s("text", {class: "tlabel", x: LW - 8, y: y + 15, "text-anchor": "end"}, r.addr));
