@@ -15,6 +15,7 @@ import aioflow
 from aioflow.core import codec
 from aioflow.store.keys import RunId
 from tests.engine_helpers import Stack, running
+from tests.helpers import wait_until
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 USERS = ["alice", "blank-bob", "impostor-carol"]
@@ -240,3 +241,40 @@ async def test_kyc_foreach(redis_url: str) -> None:
 
         result, _ = await run(s, flow.name, {"users": []})
         assert result == {}
+
+
+async def test_kyc_review_waits_for_the_reviewer(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COOL_OFF", "0.05")
+    module = load("kyc_review")
+    app = app_of(module)
+    assert "aioflow dev examples/kyc_review.py:app" in (module.__doc__ or "")
+    assert "/events/kyc.reviewed" in (module.__doc__ or "")
+    async with running(app.flows, redis_url) as s:
+        # a clear score: no reviewer, no wait
+        result, _ = await run(s, "kyc-review", {"user_id": "user-1", "score": 0.95})
+        assert result == {"user_id": "user-1", "kyc": "verified"}
+
+        # an uncertain one waits, holding nothing, until the reviewer's event
+        rid = await s.client.submit("kyc-review", {"user_id": "user-42", "score": 0.5})
+        review = "route[review]/manual-review"
+
+        async def waiting() -> bool:
+            v = (await s.client.state(rid)).vertices.get(review)
+            return v is not None and v.status == "waiting"
+
+        await wait_until(waiting, timeout=10, what="the run waiting for its reviewer")
+        sent = await s.client.send_event(
+            "kyc.reviewed", {"approved": True}, key="user-42", event_id="rev-981"
+        )
+        assert sent["resolved"] == 1
+        assert await s.client.result(rid, timeout=10) == {"user_id": "user-42", "kyc": "verified"}
+        state = await s.client.state(rid)
+        assert state.vertices["verify"].child is not None  # the child flow's run
+
+        # a decision sent before the run reaches its wait counts too; a forged
+        # document fails the child flow's check
+        rid = await s.client.submit("kyc-review", {"user_id": "user-7", "score": 0.5})
+        await s.client.send_event("kyc.reviewed", {"approved": True, "forged": True}, key="user-7")
+        assert await s.client.result(rid, timeout=10) == {"user_id": "user-7", "kyc": "rejected"}
