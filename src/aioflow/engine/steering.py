@@ -59,9 +59,14 @@ async def stop_children(
 ) -> int:
     """Stop the live child runs of ``rid``'s ``call`` vertices (``fields``: its run
     hash, when read already); answers how many were stopped."""
-    h: Any = fields if fields is not None else await backend.redis.hgetall(rid.run)
+    if fields is None:
+        flat: Any = await backend.fast.execute("HGETALL", rid.run, idempotent=True)
+        if isinstance(flat, dict):
+            fields = flat
+        else:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
     stopped = 0
-    for k, v in (h or {}).items():
+    for k, v in fields.items():
         if not k.startswith(b"ch:"):
             continue
         try:

@@ -100,10 +100,10 @@ class Calls:
         eng = self.engine
         info = replace(await eng.pin(flow), hooks=True)  # its end reports to the parent
         child = await eng.new_run_id(info.name, child_key(str(rid), m.addr, m.id), info)
-        fields: dict[str | bytes, str | bytes] = {f"ch:{m.addr}": str(child), "hooks": "1"}
+        fields: list[str | bytes] = [f"ch:{m.addr}", str(child), "hooks", "1"]
         if m.data is not None:
-            fields[f"wi:{m.addr}"] = m.data  # the input a retry starts again from
-        await self.backend.redis.hset(rid.run, mapping=fields)  # type: ignore[arg-type]
+            fields += [f"wi:{m.addr}", m.data]  # the input a retry starts again from
+        await self.backend.fast.execute("HSET", rid.run, *fields, idempotent=True)
         options = {"parent": [str(rid)], "parent_vertex": [m.addr]}
         await eng.submit(flow, data, options=options, rid=child, info=info)
         return str(child)
@@ -148,7 +148,7 @@ async def _report(
         return
     prid = RunId.parse(parent[0])
     # the options are the submitter's: only the child the parent recorded reports
-    mine: Any = await backend.redis.hget(prid.run, f"ch:{vertex[0]}")
+    mine: Any = await backend.fast.execute("HGET", prid.run, f"ch:{vertex[0]}", idempotent=True)
     if mine is None or mine.decode() != ctx.run_id:
         return
     err, result = fetched[1], fetched[2]
