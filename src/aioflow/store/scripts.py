@@ -48,6 +48,8 @@ IDEMPOTENT = frozenset(
         "limit",
         "wake",
         "resolve",
+        "ev_send",  # a repeated event id is answered "dup", its fan-out idempotent
+        "ev_wait",
     }
 )
 
