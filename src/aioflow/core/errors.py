@@ -15,6 +15,7 @@ so ``except aioflow.AioflowError`` catches all of them::
     ├── InvalidPriority      a priority other than "high", "default" or "low"
     ├── InvalidCursor        a listing cursor that no page handed out
     ├── InvalidBatch         an item of a submit_many batch is invalid: nothing was submitted
+    ├── InvalidInput         a run input does not match the flow's entry annotation: no run
     ├── InvalidTransition    pause/resume/stop/retry not allowed in the run's status
     ├── Unauthorized         an HTTP request without valid credentials (401; ``reason`` says why)
     ├── Forbidden            an HTTP request whose token's scope is too weak (403)
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidBatch",
     "InvalidCallbackUrl",
     "InvalidCursor",
+    "InvalidInput",
     "InvalidPriority",
     "InvalidRunId",
     "InvalidTransition",
@@ -110,6 +112,17 @@ class InvalidCallbackUrl(AioflowError, ValueError):
 
 class InvalidCursor(AioflowError, ValueError):
     """A listing cursor that is not one a previous page handed out."""
+
+
+class InvalidInput(AioflowError, ValueError):
+    """A run input does not match the type its flow's entry vertex declares (its first
+    parameter's annotation); raised at submit when the flow object is known, before
+    anything is written: no run was created. ``errors`` is the list of validation
+    errors, JSON-safe (each a dict with ``type``, ``loc``, ``msg`` and ``input``)."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__(message)
 
 
 class InvalidTransition(AioflowError):
@@ -249,10 +262,14 @@ class InvalidBatch(AioflowError, ValueError):
     cannot be serialised, a malformed run id, a ``run_ids`` list of the wrong length,
     too many items). Raised before anything is sent: no run of the batch was submitted.
     ``index`` is the position of the offending item (None when the batch as a whole is
-    at fault)."""
+    at fault). ``errors`` is the item's validation error list when its input did not
+    match the flow's entry annotation (as :class:`InvalidInput`), else empty."""
 
-    def __init__(self, message: str, *, index: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, index: int | None = None, errors: list[dict[str, Any]] | None = None
+    ) -> None:
         self.index = index
+        self.errors = errors or []
         super().__init__(message)
 
 
