@@ -34,6 +34,7 @@ from .checks import is_async as is_async  # the worker's import
 from .checks import takes_ctx as takes_ctx  # the worker's import
 from .policy import Rate, RetryPolicy
 from .ticks import Schedule
+from .types import schemas
 from .waits import After, Ref, Spec, WaitingVertices, WaitKind, describe_spec, event_names
 
 __all__ = ["Dag", "Edge", "Flow", "Vertex"]
@@ -473,6 +474,9 @@ def describe(dag: Dag) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": dag.name, "partitions": dag.partitions, "dag": out}
         if dag.on_event:  # absent otherwise: the versions of flows without it stay
             doc["on_event"] = list(dag.on_event)
+        for what, schema in schemas(dag).items():  # likewise: only typed flows have them
+            if schema is not None:
+                doc[f"{what}_schema"] = schema
         return doc
     return out
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .model import Dag, Flow, Vertex, check_graph
+from .types import VertexTypes, vertex_types
 from .waits import MISSING
 
 OUT = "$out"  # synthetic join collecting several exits into {exit: value}
@@ -37,6 +38,7 @@ class PNode:
     children: tuple[Child, ...] = ()
     inner: Plan | None = None
     branches: dict[str, Plan] = field(default_factory=dict)
+    types: VertexTypes | None = None  # a node's annotations' adapters (.types)
 
     @property
     def single_input(self) -> bool:
@@ -89,6 +91,7 @@ def _build(dag: Dag) -> Plan:
             tuple(parents[name]),
             tuple(data_in[name]) if parents[name] else ((name, None),),
         )
+        node.types = vertex_types(dag._label(), name, v)
         if v.kind in ("subdag", "foreach"):
             assert v.dag is not None
             node.inner = _build(v.dag)
