@@ -1,17 +1,20 @@
 """The gateway's HTTP API as an OpenAPI 3.1 document, built here in code and
 served at ``GET /openapi.json``: one :class:`Route` per operation in
 :data:`ROUTES`, assembled by :func:`build` from the pieces in
-:mod:`aioflow.gateway.schemas`. tests/gateway/test_openapi.py fails when a route
+:mod:`aioflow.gateway.schemas`, plus one ``POST /flow/<name>`` per typed flow the
+gateway serves, whose body and result are the flow's own schemas
+(:mod:`aioflow.gateway.flowdocs`). tests/gateway/test_openapi.py fails when a route
 of the gateway is missing here or this describes a route the gateway lacks."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 from aioflow.core import codec
+from aioflow.definitions.model import Flow
 
+from .flowdocs import FlowSchemas, flow_schemas
 from .schemas import (
     ADMIN,
     ANY_BODY,
@@ -170,8 +173,30 @@ _START_RUN_RESPONSES = {
         "request_entity_too_large",
         "value_too_large",
     ),
+    "422": json_response(
+        "The input does not match the type the flow's entry vertex declares: no run",
+        ref("InvalidInput"),
+    ),
     "500": json_response("(?wait=) the run failed", ref("RunFailed")),
 }
+
+_START_RUN_PARAMETERS = (
+    query_param(
+        "wait",
+        "Seconds to wait for the result: finite, >= 0; above 300 waits 300",
+        {"type": "number", "minimum": 0},
+    ),
+    header_param(
+        "X-Run-Id",
+        "Caller-chosen run key: the same key is the same run",
+        {"type": "string", "pattern": RUN_KEY},
+    ),
+    header_param(
+        "X-Callback-Url",
+        "http(s) URL the outcome is POSTed to (public hosts only)",
+        {"type": "string", "format": "uri"},
+    ),
+)
 
 _START_BATCH_RESPONSES = {
     "202": json_response(
@@ -182,12 +207,24 @@ _START_BATCH_RESPONSES = {
             "properties": {"run_ids": {"type": "array", "items": {"type": "string"}}},
         },
     ),
-    "400": error(
-        "Malformed or empty body, bad flow name, or an invalid item: nothing was submitted",
-        "invalid_json",
-        "empty_body",
-        "invalid_id",
-        "invalid_batch",
+    "400": json_response(
+        "Malformed or empty body, bad flow name, or an invalid item: nothing was "
+        "submitted (an item that does not match the flow's input type: its index and "
+        "its validation errors)",
+        {
+            "allOf": [
+                ref("Error"),
+                {
+                    "properties": {
+                        "error": {
+                            "enum": ["invalid_json", "empty_body", "invalid_id", "invalid_batch"]
+                        },
+                        "index": {"type": "integer", "minimum": 0},
+                        "errors": ref("ValidationErrors"),
+                    }
+                },
+            ]
+        },
     ),
     "404": UNKNOWN_FLOW,
     "413": error(
@@ -335,24 +372,7 @@ ROUTES: tuple[Route, ...] = (
         "Start a run of the flow on the request body",
         RUN,
         _START_RUN_RESPONSES,
-        parameters=(
-            FLOW,
-            query_param(
-                "wait",
-                "Seconds to wait for the result: finite, >= 0; above 300 waits 300",
-                {"type": "number", "minimum": 0},
-            ),
-            header_param(
-                "X-Run-Id",
-                "Caller-chosen run key: the same key is the same run",
-                {"type": "string", "pattern": RUN_KEY},
-            ),
-            header_param(
-                "X-Callback-Url",
-                "http(s) URL the outcome is POSTed to (public hosts only)",
-                {"type": "string", "format": "uri"},
-            ),
-        ),
+        parameters=(FLOW, *_START_RUN_PARAMETERS),
         body=_START_RUN_BODY,
     ),
     Route(
@@ -495,10 +515,41 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def build() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the gateway."""
+def typed_start(typed: FlowSchemas) -> Route:
+    """The typed flow's own ``POST /flow/<name>``: its input schema as the body, its
+    result schema as the ``?wait=`` answer (beside the generic ``/flow/{name}``)."""
+    responses = dict(_START_RUN_RESPONSES)
+    if typed.result is not None:
+        responses["200"] = json_response(
+            "(?wait=) the run completed: its result", typed.result, **_RUN_ID_HEADER
+        )
+    body = _START_RUN_BODY
+    if typed.body is not None:
+        body = {
+            "required": True,
+            "description": f"The run's input, as the entry vertex of {typed.flow} declares it. "
+            "Other query parameters become ctx.options.",
+            "content": {"application/json": {"schema": typed.body}},
+        }
+    return Route(
+        "post",
+        f"/flow/{typed.flow}",
+        f"start_{typed.flow}",
+        f"Start a run of {typed.flow} (a typed flow) on the request body",
+        RUN,
+        responses,
+        parameters=_START_RUN_PARAMETERS,
+        body=body,
+    )
+
+
+def build(flows: tuple[Flow, ...] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a gateway serving ``flows``: every route, and a
+    ``POST /flow/<name>`` of its own for each flow with an input or result type."""
+    components = dict(SCHEMAS)
+    typed = [typed_start(t) for t in flow_schemas(flows, components)]
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in (*ROUTES, *typed):
         paths.setdefault(route.path, {})[route.method] = route.operation()
     return {
         "openapi": "3.1.0",
@@ -506,13 +557,14 @@ def build() -> dict[str, Any]:
             "title": "aioflow gateway",
             "version": "0.1.0",
             "description": "Start workflow runs, read their state, steer them. Errors are "
-            'JSON {"error": code, "detail": text}.',
+            'JSON {"error": code, "detail": text}; a typed flow\'s invalid input is 422 '
+            '{"error": "invalid_input", "detail": [errors]}.',
         },
         "paths": paths,
-        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
 
 
-@functools.cache
-def document_bytes() -> bytes:
-    return codec.dumps(build())
+def document_bytes(flows: tuple[Flow, ...] = ()) -> bytes:
+    """:func:`build` as JSON (the gateway builds it once, at startup)."""
+    return codec.dumps(build(flows))

@@ -22,6 +22,7 @@ from aioflow.core.errors import (
     InvalidBatch,
     InvalidCallbackUrl,
     InvalidCursor,
+    InvalidInput,
     InvalidPriority,
     InvalidRunId,
     InvalidTransition,
@@ -59,6 +60,7 @@ MAX_DEAD_LETTERS = 1000  # GET /dead-letters, per partition
 ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+OPENAPI = web.AppKey("openapi", bytes)  # the document, with the typed flows' operations
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,6 +102,11 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except AioflowError as e:
         if isinstance(e, RedisFull):
             request.app[METRICS].redis_full.inc()
+        if isinstance(e, InvalidInput):  # its detail is the list of validation errors
+            return _json({"error": "invalid_input", "detail": e.errors}, 422)
+        if isinstance(e, InvalidBatch) and e.index is not None:
+            doc = {"error": "invalid_batch", "detail": str(e), "index": e.index}
+            return _json({**doc, "errors": e.errors} if e.errors else doc, 400)
         for cls, status, code in _STATUS:
             if isinstance(e, cls):
                 return _error(status, code, str(e))
@@ -467,7 +474,7 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return _json(openapi.document_bytes())
+    return _json(request.app[OPENAPI])
 
 
 def create_app(
@@ -487,6 +494,7 @@ def create_app(
     engine.on_submitted = gauges.on_submitted
     app[ENGINE] = engine
     app[SETTINGS] = settings
+    app[OPENAPI] = openapi.document_bytes(tuple(flows or ()))
     install(app, settings, engine)
 
     async def register_when_up() -> None:

@@ -120,6 +120,24 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "description": "Why a request was refused (401)"},
         },
     },
+    "ValidationErrors": {
+        "type": "array",
+        "description": "Why the input does not match the flow's input type (pydantic's errors)",
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "description": "Machine-readable error type"},
+                "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                "msg": {"type": "string"},
+                "input": {"description": "The offending value"},
+            },
+        },
+    },
+    "InvalidInput": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"const": "invalid_input"}, "detail": ref("ValidationErrors")},
+    },
     "RunStarted": {
         "type": "object",
         "required": ["run_id"],
