@@ -270,7 +270,11 @@ ROUTES: tuple[Route, ...] = (
             "404": error("Not one of the served files", "not_found"),
         },
         parameters=(
-            path_param("name", "File name", enum=["dashboard.js", "dashboard.css", "favicon.svg"]),
+            path_param(
+                "name",
+                "File name",
+                enum=["dashboard.js", "schema.js", "dashboard.css", "favicon.svg"],
+            ),
         ),
     ),
     Route(

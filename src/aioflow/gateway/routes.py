@@ -454,6 +454,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 STATIC_FILES = {
     "dashboard.js": "text/javascript",
+    "schema.js": "text/javascript",
     "dashboard.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

@@ -3,7 +3,7 @@ const RUN_STATUSES = ["pending", "running", "paused", "stopped", "completed", "f
 const VERTEX_STATUSES = ["running", "completed", "failed", "cancelled", "parked", "retrying", "waiting", "queued"];
 const TERMINAL = new Set(["completed", "failed", "stopped"]);
 const WILD = "\u0001"; // placeholder for an unknown foreach key in address templates
-const S = {flow: null, run: null, def: null, cursors: [""], nextCursor: null, filter: "",
+const S = {flow: null, run: null, def: null, example: null, cursors: [""], nextCursor: null, filter: "",
   runsKey: null, runKey: null, runData: null, vboxes: [], ticks: 0, view: "timeline", countsKey: null};
 const TOKEN_KEY = "aioflow.token";
 
@@ -345,6 +345,7 @@ async function loadDef() {
     if (flow !== S.flow) return;
     S.def = def;
     S.vboxes = [];
+    showSchema(def);
     const dag = def && def.dag;
     if (!dag || !Array.isArray(dag.vertices)) { fill($("dag"), "flow has no DAG"); return; }
     const scheds = Array.isArray(def.schedules) ? def.schedules : [];
@@ -606,10 +607,39 @@ function timeline(d, verts) {
 }
 
 // ---------- start form ----------
+// a typed flow's input schema: shown, an example pre-filled (unless the user wrote
+// something), and checked before sending (schema.js)
+const inputSchema = () => (S.def && S.def.input_schema && typeof S.def.input_schema === "object" ? S.def.input_schema : null);
+function showSchema(def) {
+  const schema = def && def.input_schema && typeof def.input_schema === "object" ? def.input_schema : null;
+  const body = $("body"), cur = body.value.trim(), untouched = !cur || cur === "{}" || cur === S.example;
+  $("schemaBox").hidden = !schema;
+  fill($("schema"), schema ? schemaText(schema) : "");
+  if (!schema) {
+    if (S.example && cur === S.example) body.value = "{}";
+    S.example = null;
+    return;
+  }
+  S.example = JSON.stringify(schemaExample(schema), null, 2);
+  if (untouched) body.value = S.example;
+}
+function inputErrors(head, errs) {
+  return h("div", {id: "inputErrors", class: "mt8"}, h("div", {class: "err-head"}, head),
+    h("ul", {class: "errs"}, errs.slice(0, 50).map((e) => h("li", {},
+      h("code", {}, e.loc || "(input)"), " " + String(e.msg)))));
+}
+// pydantic's errors (a 422's detail) as the checker's: loc joined with "."
+const serverErrors = (detail) => detail.map((e) => ({
+  loc: Array.isArray(e && e.loc) ? e.loc.map(String).join(".") : "",
+  msg: e && e.msg != null ? e.msg : JSON.stringify(e)}));
 async function startRun() {
   const flow = S.flow, text = $("body").value, isJson = $("isJson").checked, out = $("startOut");
   if (isJson && text.trim()) {
-    try { JSON.parse(text); } catch (e) { fill(out, h("pre", {class: "err"}, "invalid JSON: " + e.message)); return; }
+    let value;
+    try { value = JSON.parse(text); } catch (e) { fill(out, h("pre", {class: "err"}, "invalid JSON: " + e.message)); return; }
+    const schema = inputSchema();
+    const errs = schema ? schemaCheck(schema, value) : [];
+    if (errs.length) { fill(out, inputErrors("the input does not match the flow's input type; not sent", errs)); return; }
   }
   const b = $("startBtn");
   b.disabled = true;
@@ -622,6 +652,10 @@ async function startRun() {
   b.disabled = false;
   if (flow !== S.flow) return;
   const rid = data && typeof data === "object" && data.run_id;
+  if (!ok && data && data.error === "invalid_input" && Array.isArray(data.detail)) {
+    fill(out, inputErrors("the gateway refused the input (422 invalid_input)", serverErrors(data.detail)));
+    return;
+  }
   fill(out, ok && rid
     ? h("div", {class: "formrow"}, "started ", h("a", {href: hashFor(flow, String(rid)), class: "mono"}, String(rid)))
     : h("pre", {class: "err"}, errText(data)));
@@ -657,6 +691,7 @@ function route() {
   if (flowChanged) {
     S.def = null; S.cursors = [""]; S.nextCursor = null; S.runsKey = null;
     $("flowName").textContent = flow || "";
+    $("schemaBox").hidden = true;
     fill($("runs"), h("span", {class: "muted"}, "loading…"));
     fill($("startOut"));
     fill($("counts"));
