@@ -37,6 +37,7 @@ __all__ = ["VertexTypes", "load_as", "schemas", "vertex_types"]
 # values of these types already are what the annotation names: no adapter call
 _NATIVE = (int, str, float, bool)
 _NOTHING = (inspect.Parameter.empty, Any, object)
+_JSON = (dict, list, str, int, float, bool)
 
 
 class VertexTypes:
@@ -61,6 +62,18 @@ class VertexTypes:
             return self.arg.validate_python(value)
         except ValidationError as e:
             raise InvalidInput(f"{self.where}: invalid input: {_summary(e)}", errors(e)) from None
+
+    def admit(self, value: Any) -> Any:
+        """``value`` as a run's stored input once it converts (:meth:`load`): JSON data
+        as given, a typed object (a model instance, a dataclass...) dumped to JSON."""
+        loaded = self.load(value)
+        if self.arg is None or value is None or isinstance(value, _JSON):
+            return value
+        return self.arg.dump_python(loaded, mode="json")
+
+    def load_result(self, value: Any) -> Any:
+        """A stored output (JSON) of this node as its return annotation's type."""
+        return value if self.ret is None else self.ret.validate_python(value)
 
     def dump(self, out: Any) -> Any:
         """``out`` checked against the return annotation and turned into JSON data;

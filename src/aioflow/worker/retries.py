@@ -8,7 +8,7 @@ import logging
 import traceback
 
 from aioflow.core import codec
-from aioflow.core.errors import LimitExceeded
+from aioflow.core.errors import InvalidInput, LimitExceeded
 from aioflow.definitions.policy import RetryPolicy
 from aioflow.store.keys import RunId
 
@@ -17,8 +17,9 @@ log = logging.getLogger("aioflow.worker")
 
 def retry_delay(policy: RetryPolicy, error: BaseException, attempt: int) -> float | None:
     """Seconds until attempt number ``attempt`` that failed with ``error`` runs again, or
-    None: the policy gives up, or the error is a LimitExceeded (it would recur)."""
-    if policy.should_retry(error, attempt) and not isinstance(error, LimitExceeded):
+    None: the policy gives up, or the error is a LimitExceeded or an InvalidInput (it
+    would recur)."""
+    if policy.should_retry(error, attempt) and not isinstance(error, LimitExceeded | InvalidInput):
         return policy.delay(attempt)
     return None
 

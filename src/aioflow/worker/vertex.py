@@ -212,7 +212,9 @@ class Executor:
             elif node.kind == "node":
                 if vertex is not None and vertex.aggregate is not None:
                     data = await _maybe_await(vertex.aggregate(data))
-                out = await self._call(m, data)
+                typed = node.types  # annotated: convert in and out (definitions.types)
+                out = await self._call(m, data if typed is None else typed.load(data))
+                out = out if typed is None else typed.dump(out)
             else:
                 await open_group(self, m, data)
                 return
