@@ -16,6 +16,8 @@ from aioflow.store.keys import RunId
 from aioflow.store.scripts import SCRIPTS
 from aioflow.store.topology import Conn
 
+from . import door
+from .catalog import Catalog
 from .registry import FlowInfo
 from .replicas import acknowledged
 
@@ -27,7 +29,7 @@ that one call keeps Redis busy for a few milliseconds at most."""
 class Submitter(Protocol):
     """What a bulk submit uses of the engine it submits through (an
     :class:`~aioflow.engine.engine.Engine`): its settings, read at each call,
-    its connection and the version a new run pins."""
+    its connection, the version a new run pins and the flow object it holds."""
 
     fast: Conn
     clock: Callable[[], float]
@@ -35,6 +37,8 @@ class Submitter(Protocol):
     max_value: int | None
     submit_replicas: int
     submit_replicas_timeout: float
+
+    catalog: Catalog
 
     async def pin(self, flow: str | Flow, version: str | None = None) -> FlowInfo: ...
 
@@ -91,7 +95,7 @@ async def submit_many(
     """
     info = await engine.pin(flow)  # the version every run of the batch pins, as submit
     flow = info.name
-    items = list(inputs)
+    items = door.admit_many(engine.catalog.held(info), list(inputs))
     rids, encoded = _prepare(flow, info.partitions, items, run_ids, engine.max_value)
     opts = codec.dumps(options or {})
     tps = [""] * len(items)

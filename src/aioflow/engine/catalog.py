@@ -4,12 +4,14 @@ lands in and the plan a run executes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from aioflow.core import codec
 from aioflow.core.errors import InvalidRunId, UnknownFlow, UnknownVersion
 from aioflow.definitions.model import Flow
 from aioflow.definitions.plan import Plan, compile_dag, dag_from_description
+from aioflow.definitions.versions import version_of
 from aioflow.store import keys
 from aioflow.store.keys import RunId
 from aioflow.store.topology import Backend
@@ -27,6 +29,19 @@ class Catalog:
         self.pins = pins
         self._flows: dict[str, FlowInfo] = {}
         self._pinned: dict[str, tuple[dict[str, Any], FlowInfo]] = {}  # newest doc -> info
+        self._held: dict[str, Flow] = {}
+
+    def hold(self, flows: Iterable[Flow]) -> None:
+        """Keep these flow objects, so that new runs of them submitted by name are
+        validated at the door (:mod:`.door`) while the version they pin is the object's.
+        A gateway holds its app's flows; a Flow object submitted is held as it is pinned."""
+        for flow in flows:
+            self._held[flow.name] = flow
+
+    def held(self, info: FlowInfo) -> Flow | None:
+        """The flow object held for ``info``'s name when ``info`` is its version."""
+        flow = self._held.get(info.name)
+        return flow if flow is not None and version_of(flow) == info.version else None
 
     def remember(self, info: FlowInfo) -> None:
         """Answer ``info`` for its flow from now on (a definition just read from Redis)."""
@@ -53,6 +68,7 @@ class Catalog:
 
     async def pin(self, flow: str | Flow, version: str | None = None) -> FlowInfo:
         if isinstance(flow, Flow):
+            self._held[flow.name] = flow
             version = await self.pins.ensure(flow)
             flow = flow.name
         keys.check_flow_name(flow)

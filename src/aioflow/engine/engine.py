@@ -35,7 +35,7 @@ from aioflow.store.outage import REDIS_ERRORS, is_oom
 from aioflow.store.scripts import SCRIPTS
 from aioflow.store.topology import Backend, Conn, RedisClient
 
-from . import bulk, dead_letters, events, runs, steering, waiting
+from . import bulk, dead_letters, door, events, runs, steering, waiting
 from . import registry as versions
 from .catalog import Catalog
 from .memory import memory_full
@@ -230,7 +230,8 @@ class Engine:
         priority: str | None = None,
     ) -> tuple[RunId, bool]:
         """Start a run; answers its id and whether it was created (False: it existed).
-        The run pins ``info``'s version, else the one :meth:`pin` picks."""
+        The run pins ``info``'s version, else the one :meth:`pin` picks. Raises
+        :class:`InvalidInput` when a held flow's entry rejects ``data`` (:mod:`.door`)."""
         prio = check_priority(priority)
         info = info or await self.catalog.pin(flow)
         if callback_url is not None:
@@ -238,7 +239,7 @@ class Engine:
         rid = rid or await self.catalog.new_run_id(info.name, run_id, info)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
-        value = codec.encode(data)
+        value = codec.encode(door.admit(self.catalog.held(info), data))
         if self.max_value is not None and len(value) > self.max_value:
             raise LimitExceeded(
                 f"the input is {len(value)} bytes, larger than max_value={self.max_value}: "
