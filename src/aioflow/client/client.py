@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from redis.asyncio import Redis
 
@@ -14,7 +14,8 @@ from aioflow.core.settings import Settings
 from aioflow.definitions.model import Flow
 from aioflow.definitions.priority import Priority
 from aioflow.definitions.status import RunState, Status
-from aioflow.engine import schedule
+from aioflow.definitions.types import load_as, result_types
+from aioflow.engine import door, schedule
 from aioflow.engine.engine import Engine, register, translate
 from aioflow.observability import tracing
 from aioflow.store.connect import connect
@@ -29,6 +30,23 @@ def _name(flow: str | Flow) -> str:
 
 def _flow_name(flow: str | Flow | None) -> str | None:
     return None if flow is None else _name(flow)
+
+
+T = TypeVar("T")
+
+
+def _admit(flow: str | Flow, data: Any) -> Any:
+    # over HTTP the gateway validates again; this turns typed objects into JSON first
+    return door.admit(flow, data) if isinstance(flow, Flow) else data
+
+
+def _typed(flow: str | Flow | None, value: Any, result_type: Any) -> Any:
+    """A run's JSON result as ``result_type``, else as the return annotation of the
+    flow object's exit node; as it is otherwise."""
+    if result_type is not None:
+        return load_as(result_type, value)
+    types = result_types(flow) if isinstance(flow, Flow) else None
+    return value if types is None else types.load_result(value)
 
 
 DEV_URL_FILE = Path(".aioflow") / "redis.url"
@@ -155,7 +173,8 @@ class Client:
         POST of the result or error when the run ends (see the README). A ``Flow``
         object pins the run to its own version (registering it if needed); a name
         pins the newest version served (see the README's "Versions and rolling
-        deploys").
+        deploys"). A typed flow's input may be a typed object; one its entry node's
+        annotation rejects raises :class:`~aioflow.InvalidInput` (see :meth:`execute`).
         ``priority``
         is ``"high"``, ``"default"`` or ``"low"``: workers take higher priorities
         first, weighted so that lower ones still progress; every vertex of the run
@@ -163,7 +182,7 @@ class Client:
         if self._http is not None:
             return await self._http.submit(
                 _name(flow),
-                data,
+                _admit(flow, data),
                 run_id=run_id,
                 options=options,
                 delay=delay,
@@ -223,6 +242,7 @@ class Client:
             ids: list[str] = await self._registering(flow, call)
             return ids
 
+    @overload
     async def execute(
         self,
         flow: str | Flow,
@@ -233,14 +253,58 @@ class Client:
         options: dict[str, list[str]] | None = None,
         callback_url: str | None = None,
         priority: Priority | None = None,
+        result_type: type[T],
+    ) -> T: ...
+
+    @overload
+    async def execute(
+        self,
+        flow: str | Flow,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+        callback_url: str | None = None,
+        priority: Priority | None = None,
+        result_type: None = None,
+    ) -> Any: ...
+
+    async def execute(
+        self,
+        flow: str | Flow,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        run_id: str | None = None,
+        options: dict[str, list[str]] | None = None,
+        callback_url: str | None = None,
+        priority: Priority | None = None,
+        result_type: Any = None,
     ) -> Any:
         """Start a run and return its result. Raises RunFailed, RunStopped, or
         ResultTimeout after ``timeout`` seconds (the run goes on). ``priority``
-        as for :meth:`submit`."""
+        as for :meth:`submit`. A typed flow's input may be a typed object (a model
+        instance...); an input its entry rejects raises :class:`~aioflow.InvalidInput`
+        and no run is created. The result is validated into ``result_type`` when given,
+        else, for a Flow object, into its exit node's return annotation (JSON otherwise)."""
+        out = await self._execute(flow, data, timeout, run_id, options, callback_url, priority)
+        return _typed(flow, out, result_type)
+
+    async def _execute(
+        self,
+        flow: str | Flow,
+        data: Any,
+        timeout: float | None,
+        run_id: str | None,
+        options: dict[str, list[str]] | None,
+        callback_url: str | None,
+        priority: Priority | None,
+    ) -> Any:
         if self._http is not None:
             return await self._http.execute(
                 _name(flow),
-                data,
+                _admit(flow, data),
                 timeout=timeout,
                 run_id=run_id,
                 options=options,
@@ -263,19 +327,48 @@ class Client:
         async with translate():
             return await self._registering(flow, call)
 
+    @overload
     async def result(
-        self, run_id: str, timeout: float | None = None, *, flow: str | Flow | None = None
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        *,
+        flow: str | Flow | None = None,
+        result_type: type[T],
+    ) -> T: ...
+
+    @overload
+    async def result(
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        *,
+        flow: str | Flow | None = None,
+        result_type: None = None,
+    ) -> Any: ...
+
+    async def result(
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        *,
+        flow: str | Flow | None = None,
+        result_type: Any = None,
     ) -> Any:
         """Wait for a run's result (forever when ``timeout`` is None).
 
         ``run_id`` is the id :meth:`submit` returned, or, with ``flow``, the
         ``run_id=`` its caller chose (as for every method below). Raises
-        :class:`~aioflow.InvalidRunId` for a caller-chosen id without ``flow``."""
+        :class:`~aioflow.InvalidRunId` for a caller-chosen id without ``flow``.
+        The result is typed as :meth:`execute`'s (``result_type``, else a Flow
+        object's exit annotation)."""
         if self._http is not None:
-            return await self._http.result(run_id, timeout, flow=_flow_name(flow))
+            out = await self._http.result(run_id, timeout, flow=_flow_name(flow))
+            return _typed(flow, out, result_type)
         async with translate():
             rid = await self.engine.run_id(run_id, flow)
-            return self.engine.unwrap(rid, await self.engine.wait(rid, timeout))
+            out = self.engine.unwrap(rid, await self.engine.wait(rid, timeout))
+        return _typed(flow, out, result_type)
 
     async def state(self, run_id: str, *, flow: str | Flow | None = None) -> RunState:
         """The run's status, per-vertex status, result or error."""

@@ -25,6 +25,7 @@ from aioflow.core.errors import (
     InvalidBatch,
     InvalidCallbackUrl,
     InvalidCursor,
+    InvalidInput,
     InvalidRunId,
     InvalidTransition,
     LimitExceeded,
@@ -164,6 +165,13 @@ class HttpClient:
             raise GatewayUnavailable(f"gateway {self.url} answered {status}: {detail}")
         if code == "unauthorized":
             raise Unauthorized(str(doc.get("reason", "missing")), detail)
+        if code == "invalid_input":  # 422: its detail is the list of validation errors
+            errors: list[dict[str, Any]] = (
+                doc["detail"] if isinstance(doc.get("detail"), list) else []
+            )
+            raise InvalidInput(f"invalid input: {len(errors)} error(s)", errors)
+        if code == "invalid_batch" and isinstance(doc.get("index"), int):
+            raise InvalidBatch(detail, index=doc["index"], errors=doc.get("errors") or [])
         cls = _ERRORS.get(code)
         if cls is not None:
             raise cls(detail)
