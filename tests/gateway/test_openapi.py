@@ -11,8 +11,10 @@ import contextlib
 import math
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
 
 import hypothesis
 import requests
@@ -20,6 +22,7 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio import Redis
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
@@ -75,6 +78,100 @@ def _param(doc: dict[str, Any], path: str, method: str, name: str) -> dict[str, 
     raise AssertionError(f"{method} {path} has no parameter {name}")
 
 
+class Line(BaseModel):
+    sku: str = Field(min_length=1, max_length=20)
+    qty: int = Field(ge=1, le=1000)
+
+
+class Order(BaseModel):
+    order_id: UUID
+    placed_at: datetime
+    lines: list[Line] = Field(max_length=5)
+    channel: Literal["web", "shop"] = "web"
+    note: str | None = None
+
+
+class Receipt(BaseModel):
+    order_id: UUID
+    units: int
+    lines: list[Line]
+
+
+def typed_flow() -> aioflow.Flow:
+    """A flow whose entry takes an Order and whose exit returns a Receipt."""
+    typed = aioflow.Flow("typed")
+
+    @typed.node
+    async def receive(order: Order) -> Receipt:
+        return Receipt(
+            order_id=order.order_id, units=sum(x.qty for x in order.lines), lines=order.lines
+        )
+
+    return typed
+
+
+def refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                yield v
+            else:
+                yield from refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from refs(v)
+
+
+def resolve(doc: dict[str, Any], pointer: str) -> Any:
+    assert pointer.startswith("#/"), pointer
+    node: Any = doc
+    for part in pointer[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def test_a_typed_flow_has_its_own_operation_with_its_schemas() -> None:
+    flows = (typed_flow(), *make_flows())
+    doc = openapi.build(flows)
+    op = doc["paths"]["/flow/typed"]["post"]
+    assert op["operationId"] == "start_typed"
+    assert op["requestBody"]["required"] is True
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert resolve(doc, body["$ref"])["title"] == "Order"
+    result = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert resolve(doc, result["$ref"])["title"] == "Receipt"
+    assert resolve(doc, op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"])
+    # the nested model is hoisted beside it: every reference resolves, no $defs is left
+    assert "$defs" not in str(doc)
+    for pointer in refs(doc):
+        assert resolve(doc, pointer), pointer
+    lines = resolve(doc, body["$ref"])["properties"]["lines"]["items"]["$ref"]
+    assert resolve(doc, lines)["properties"]["qty"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+        "title": "Qty",
+    }
+    # echo, boom and idle say nothing of their types: no operation of their own
+    assert [p for p in doc["paths"] if p.startswith("/flow/") and "{" not in p] == ["/flow/typed"]
+    # the generic operation answers 422 too (a typed flow started by its name)
+    assert "422" in doc["paths"]["/flow/{name}"]["post"]["responses"]
+
+
+async def test_the_served_document_holds_the_apps_typed_flows(redis: Redis) -> None:
+    flows = [typed_flow(), *make_flows()]
+    app = create_app(redis, flows=flows)
+    doc = openapi.build(tuple(flows))
+    # a flow's own path is an instance of the generic route, which serves it
+    served = {
+        ("POST", "/flow/{name}") if p == ("POST", "/flow/typed") else p for p in documented(doc)
+    }
+    assert routes(app) == served
+    async with TestClient(TestServer(app)) as http:
+        resp = await http.get("/openapi.json")
+        assert await resp.json() == doc
+
+
 def test_document_states_what_input_is_allowed() -> None:
     doc = openapi.build()
     assert _param(doc, "/flow/{name}", "post", "wait") == {"type": "number", "minimum": 0}
@@ -93,7 +190,7 @@ def test_document_states_what_input_is_allowed() -> None:
     assert {"empty_body", "invalid_wait", "invalid_json"} <= set(codes["enum"])
 
 
-FLOWS = ["echo", "boom", "idle"]
+FLOWS = ["echo", "boom", "idle", "typed"]
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -122,7 +219,7 @@ def _real_flow(case: schemathesis.Case[Any], flow: str | None) -> None:
 def fuzz(base_url: str, examples: int) -> Counter[tuple[str, int]]:
     """Every operation, up to ``examples`` generated cases each; answers how often each
     (operation, status) was seen."""
-    schema = schemathesis.openapi.from_dict(openapi.build())
+    schema = schemathesis.openapi.from_dict(served_document())
     seen: Counter[tuple[str, int]] = Counter()
     session = requests.Session()
     for result in schema.get_all_operations():
@@ -165,10 +262,20 @@ def fuzz(base_url: str, examples: int) -> Counter[tuple[str, int]]:
     return seen
 
 
+def served_flows() -> list[aioflow.Flow]:
+    """What the live gateway serves: the typed flow, then echo, boom and idle."""
+    return [typed_flow(), *make_flows()]
+
+
+def served_document() -> dict[str, Any]:
+    """The live gateway's document: the typed flow has its own operation."""
+    return openapi.build(tuple(served_flows()))
+
+
 @contextlib.asynccontextmanager
 async def live_gateway(url: str) -> AsyncIterator[str]:
-    flows = make_flows()
-    async with running(flows[:2], url) as stack:
+    flows = served_flows()
+    async with running(flows[:3], url) as stack:
         app = create_app(stack.redis, flows=flows, settings=aioflow.Settings(redis_url=url))
         async with TestServer(app, host="127.0.0.1") as server:
             yield str(server.make_url("")).rstrip("/")
@@ -192,7 +299,7 @@ def unguarded() -> dict[str, Any]:
     """The document without its security requirements: auth has tests of its own
     (test_gateway_security, test_hmac), and the gateway fuzzed here wants none, so
     missing credentials must not count as input it should refuse."""
-    doc = openapi.build()
+    doc = served_document()
     for ops in doc["paths"].values():
         for op in ops.values():
             op["security"] = []
@@ -256,3 +363,59 @@ async def test_fuzz_the_gateway_with_invalid_input(redis_url: str) -> None:
     assert seen["GET /flow/{name}/runs", 400], seen
     assert seen["POST /flow/{name}", 400], seen
     assert seen["GET /dead-letters", 400], seen
+
+
+def fuzz_typed(base_url: str, examples: int, mode: GenerationMode) -> Counter[tuple[bool, int]]:
+    """``POST /flow/typed?wait=3`` with bodies generated from its schema (``mode``),
+    each checked against the model itself: a body the model accepts must run to its
+    Receipt (200), one it refuses must be 422 with the errors (bytes that are no JSON:
+    400). Answers how often each (valid, status) was seen."""
+    schema = schemathesis.openapi.from_dict(unguarded())
+    operation = schema["/flow/typed"]["POST"]
+    seen: Counter[tuple[bool, int]] = Counter()
+    session = requests.Session()
+
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(case=operation.as_strategy(mode))
+    def one(case: schemathesis.Case[Any]) -> None:
+        case.query = {"wait": 3}  # only the body is under test
+        if case.headers:
+            case.headers.clear()
+        try:
+            order: Order | None = Order.model_validate(case.body)
+        except ValidationError:
+            order = None
+        valid = order is not None
+        resp = case.call(base_url=base_url, session=session, timeout=10)
+        seen[valid, resp.status_code] += 1
+        if valid:
+            assert resp.status_code == 200, (case.body, resp.status_code, resp.text[:500])
+            receipt = Receipt.model_validate(resp.json())
+            assert order is not None and receipt.order_id == order.order_id
+        elif isinstance(case.body, bytes):  # not JSON at all: refused before any check
+            assert resp.status_code == 400, (case.body, resp.status_code, resp.text[:500])
+            assert resp.json()["error"] in ("invalid_json", "empty_body")
+        else:
+            assert resp.status_code == 422, (case.body, resp.status_code, resp.text[:500])
+            doc = resp.json()
+            assert doc["error"] == "invalid_input" and doc["detail"], doc
+        case.validate_response(resp, checks=CHECKS)
+
+    one()
+    return seen
+
+
+async def test_generated_bodies_of_a_typed_flow_run_and_invalid_ones_are_422(
+    redis_url: str,
+) -> None:
+    async with live_gateway(redis_url) as base_url:
+        good = await asyncio.to_thread(fuzz_typed, base_url, 25, GenerationMode.POSITIVE)
+        bad = await asyncio.to_thread(fuzz_typed, base_url, 25, GenerationMode.NEGATIVE)
+    assert good[True, 200] >= 20 and not good[False, 422], good
+    assert bad[False, 422] >= 5, bad  # the others: bytes that are no JSON (400)

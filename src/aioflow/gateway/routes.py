@@ -496,6 +496,7 @@ def create_app(
     app[ENGINE] = engine
     app[SETTINGS] = settings
     app[OPENAPI] = openapi.document_bytes(tuple(flows or ()))
+    engine.catalog.hold(flows or ())  # its typed flows' inputs are validated at the door
     install(app, settings, engine)
 
     async def register_when_up() -> None:
