@@ -104,3 +104,33 @@ def test_a_type_pydantic_cannot_convert_is_a_definition_error() -> None:
     flow.node("first", first)
     with pytest.raises(aioflow.DefinitionError, match=r"node 'first'.*input type.*Opaque"):
         compile_dag(flow)
+
+
+def test_only_the_input_and_return_annotations_are_read() -> None:
+    flow = aioflow.Flow("ctx-typed")
+
+    def first(x: int, ctx: OnlyForTypeCheckers) -> int:  # type: ignore[name-defined]  # noqa: F821
+        return x
+
+    flow.node("first", first)
+    types = compile_dag(flow).nodes["first"].types
+    assert types is not None and types.arg_type is int and types.ret_type is int
+
+
+def test_partials_and_callable_objects_are_read_through() -> None:
+    import functools
+
+    class Scale:
+        def __call__(self, x: Item) -> int:
+            return x.qty
+
+    def add(n: int, x: Order) -> int:
+        return n
+
+    flow = aioflow.Flow("indirect")
+    flow.node("scale", Scale())
+    flow.node("add", functools.partial(add, 1))
+    plan = compile_dag(flow)
+    scale, add_types = plan.nodes["scale"].types, plan.nodes["add"].types
+    assert scale is not None and scale.arg_type is Item
+    assert add_types is not None and add_types.arg_type is Order

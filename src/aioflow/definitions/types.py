@@ -16,6 +16,7 @@ in ``Flow.describe()`` as ``input_schema``/``result_schema`` when not None),
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -107,17 +108,37 @@ def _adapter(where: str, what: str, tp: Any) -> TypeAdapter[Any] | None:
 
 def _annotations(where: str, fn: Callable[..., Any]) -> tuple[Any, Any]:
     """The first positional parameter's annotation and the return annotation,
-    resolved (``inspect`` unwraps partials and reads a callable object's ``__call__``)."""
+    resolved; the others' are never evaluated (a ``ctx`` annotation may name a type
+    imported only under ``TYPE_CHECKING``)."""
     try:
-        sig = inspect.signature(fn, eval_str=True)
+        sig = inspect.signature(fn)  # unwraps partials, reads a callable's __call__
     except (TypeError, ValueError):  # a builtin or C callable: no annotations to read
         return inspect.Parameter.empty, inspect.Parameter.empty
-    except Exception as e:  # a string annotation that does not resolve
-        raise DefinitionError(f"{where}: cannot resolve its annotations: {e!r}") from None
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     first = next((p for p in sig.parameters.values() if p.kind in positional), None)
     arg = first.annotation if first is not None else inspect.Parameter.empty
-    return arg, sig.return_annotation
+    scope = getattr(_code(fn), "__globals__", {})
+    return _resolve(where, arg, scope), _resolve(where, sig.return_annotation, scope)
+
+
+def _code(fn: Any) -> Any:
+    """The function whose module the annotations of ``fn`` were written in."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not inspect.isroutine(fn) and not isinstance(fn, type):
+        fn = getattr(type(fn), "__call__", fn)  # noqa: B004 - the method, not callable()
+    return inspect.unwrap(fn)
+
+
+def _resolve(where: str, annotation: Any, scope: dict[str, Any]) -> Any:
+    if not isinstance(annotation, str):  # resolved already, or empty
+        return annotation
+    try:
+        return eval(annotation, scope)  # what typing.get_type_hints does
+    except Exception as e:
+        raise DefinitionError(
+            f"{where}: cannot resolve its annotation {annotation!r}: {e!r}"
+        ) from None
 
 
 _types: weakref.WeakKeyDictionary[Any, VertexTypes | None] = weakref.WeakKeyDictionary()
