@@ -4,7 +4,10 @@ results their stand-in functions imply, checked value by value."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -66,6 +69,7 @@ async def executed(s: Stack, rid: RunId) -> set[str]:
         "kyc_conditional",
         "kyc_conditional_two",
         "kyc_foreach",
+        "typed_orders",
     ],
 )
 def test_example_is_an_app_with_curl_docstring(name: str) -> None:
@@ -278,3 +282,42 @@ async def test_kyc_review_waits_for_the_reviewer(
         rid = await s.client.submit("kyc-review", {"user_id": "user-7", "score": 0.5})
         await s.client.send_event("kyc.reviewed", {"approved": True, "forged": True}, key="user-7")
         assert await s.client.result(rid, timeout=10) == {"user_id": "user-7", "kyc": "rejected"}
+
+
+def _docstring_input(module: ModuleType) -> Any:
+    """The JSON body of the example's curl command (its ``-d '...'``)."""
+    doc = module.__doc__ or ""
+    body = doc[doc.index("-d '") + 4 :]
+    return json.loads(body[: body.index("'")])
+
+
+async def test_typed_orders(redis_url: str) -> None:
+    module = load("typed_orders")
+    flow = app_of(module).flows[0]
+    order = _docstring_input(module)
+    async with running([flow], redis_url) as s:
+        # by name: JSON in, JSON out (Decimal and UUID as strings, datetime in ISO 8601)
+        result, rid = await run(s, flow.name, order)
+        assert result == {
+            "order_id": "0b7e8a52-3c1f-4c0e-9a43-5f1f2a6d9e01",
+            "total": "7.44",
+            "deliver_by": "2026-12-12T10:00:00Z",
+        }
+        assert await output(s, rid, "price") == {
+            "order_id": "0b7e8a52-3c1f-4c0e-9a43-5f1f2a6d9e01",
+            "placed_at": "2026-12-07T10:00:00Z",
+            "net": "6.20",
+            "vat": "1.24",
+            "shipping": "standard",
+        }
+        # with the flow object: validated at the door, the result as the exit's type
+        receipt = await s.client.execute(flow, {**order, "shipping": "express"}, timeout=10)
+        assert isinstance(receipt, module.Receipt)
+        assert receipt.total == Decimal("7.44")
+        assert receipt.deliver_by == datetime(2026, 12, 8, 10, tzinfo=UTC)
+        with pytest.raises(aioflow.InvalidInput) as info:
+            await s.client.submit(flow, {**order, "lines": [{"sku": "tea", "qty": 0}]})
+        assert {tuple(e["loc"]) for e in info.value.errors} == {
+            ("lines", 0, "qty"),
+            ("lines", 0, "price"),
+        }

@@ -9,13 +9,16 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
 
 import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 import aioflow
 from tests.browser import Console, Served, browser, csp, needs_chromium, page, served
@@ -116,7 +119,30 @@ def flows() -> list[aioflow.Flow]:
     waits.wait("review", event="ui.review", timeout=3600)
     waits.call("verify", child, after="review")
 
-    return [steps, hold, child, waits]
+    typed = aioflow.Flow("ui-typed")
+
+    @typed.node
+    async def receive(order: Order) -> Receipt:
+        return Receipt(order_id=order.order_id, units=sum(x.qty for x in order.lines))
+
+    return [steps, hold, child, waits, typed]
+
+
+class Line(BaseModel):
+    sku: str = Field(min_length=1)
+    qty: int = Field(ge=1)
+
+
+class Order(BaseModel):
+    order_id: UUID
+    placed_at: datetime
+    lines: list[Line]
+    channel: Literal["web", "shop"] = "web"
+
+
+class Receipt(BaseModel):
+    order_id: UUID
+    units: int
 
 
 async def text_of(pg: Any, selector: str) -> str:
@@ -437,3 +463,65 @@ async def test_a_waiting_vertex_shows_its_deadline_and_a_call_links_its_child(
         await wait_until(status_in(pg, "completed"), timeout=T, what="parent completed")
         assert '"approved": true' in await text_of(pg, "#secRun pre")
         assert console.errors == []
+
+
+async def test_a_typed_flows_form_shows_its_schema_prefills_and_checks_before_sending(
+    redis_url: str, chromium: Browser
+) -> None:
+    async with dashboard(redis_url, chromium) as (srv, pg, console):
+        posted: list[str] = []
+        pg.on(
+            "request",
+            lambda r: (
+                posted.append(r.url) if r.method == "POST" and "/flow/ui-typed" in r.url else None
+            ),
+        )
+        await pg.locator("#flows a", has_text="ui-typed").click()
+        await pg.locator("#schemaBox").wait_for()
+        shown = await text_of(pg, "#schema")
+        assert shown.splitlines() == [
+            '{order_id: string<uuid>, placed_at: string<date-time>, lines: Line[], channel?: "web"'
+            ' | "shop" = "web"}',
+            "Line = {sku: string len 1.., qty: integer ≥1}",
+        ]
+        example = orjson.loads(await pg.input_value("#body"))
+        Order.model_validate(example)  # the pre-filled example is a valid input
+        assert example["lines"] == [{"sku": "x", "qty": 1}]
+
+        # invalid: refused in the page, nothing sent
+        bad = {**example, "order_id": "nope", "lines": [{"qty": 0}]}
+        await pg.fill("#body", orjson.dumps(bad).decode())
+        await pg.click("#startBtn")
+        await pg.locator("#inputErrors").wait_for()
+        errors = await pg.locator("#inputErrors li").all_inner_texts()
+        assert errors == [
+            "order_id not a valid uuid",
+            "lines.0.sku field required",
+            "lines.0.qty must be ≥ 1",
+        ]
+        assert "not sent" in await text_of(pg, "#inputErrors")
+        assert posted == []
+
+        # valid for the schema, not for pydantic (no 13th month): the gateway's 422, inline
+        await pg.fill(
+            "#body", orjson.dumps({**example, "placed_at": "2026-13-01T00:00:00Z"}).decode()
+        )
+        await pg.click("#startBtn")
+        await pg.locator("#inputErrors", has_text="422 invalid_input").wait_for()
+        assert (await pg.locator("#inputErrors li").all_inner_texts())[0].startswith("placed_at ")
+        assert len(posted) == 1
+
+        # valid: runs to completion
+        await pg.fill(
+            "#body", orjson.dumps({**example, "lines": [{"sku": "tea", "qty": 3}]}).decode()
+        )
+        await pg.click("#startBtn")
+        await wait_until(status_in(pg, "completed"), timeout=T, what="typed run completed")
+        assert '"units": 3' in await text_of(pg, "#secRun pre")
+        # back to an untyped flow: no schema shown
+        await pg.locator("#flows a", has_text="ui-hold").click()
+        await pg.locator("#flowName", has_text="ui-hold").wait_for()
+        await pg.locator("#dag svg").first.wait_for()
+        await pg.locator("#schemaBox").wait_for(state="hidden")
+        # only the 422 the test provoked was logged
+        assert [e for e in console.errors if "status of 422" not in e] == []
