@@ -3,6 +3,7 @@ results their stand-in functions imply, checked value by value."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -17,8 +18,10 @@ import pytest
 import aioflow
 from aioflow.core import codec
 from aioflow.store.keys import RunId
+from tests.cli.test_cli_client import cli_in_thread
 from tests.engine_helpers import Stack, running
 from tests.helpers import wait_until
+from tests.served import served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 USERS = ["alice", "blank-bob", "impostor-carol"]
@@ -321,3 +324,30 @@ async def test_typed_orders(redis_url: str) -> None:
             ("lines", 0, "qty"),
             ("lines", 0, "price"),
         }
+
+
+async def test_typed_orders_from_the_command_line(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``aioflow submit orders`` through the example's gateway: a bad input is the
+    gateway's 422, each error on its own line, exit 2 and no run; a good one its receipt."""
+    module = load("typed_orders")
+    order = _docstring_input(module)
+    bad = {**order, "order_id": "nope", "lines": [{"sku": "tea", "qty": 0, "price": "1"}]}
+    async with served(app_of(module).flows, redis_url) as srv:
+
+        async def cli(*args: str) -> tuple[int, str, str]:
+            return await asyncio.to_thread(cli_in_thread, capsys, *args)
+
+        code, out, err = await cli("submit", "orders", json.dumps(bad), "--url", srv.base)
+        assert code == 2 and out == "", err
+        lines = err.splitlines()[1:]
+        assert len(lines) == 2, err
+        assert lines[0].startswith("  order_id: Input should be a valid UUID")
+        assert lines[1] == "  lines.0.qty: Input should be greater than or equal to 1"
+        assert await srv.stack.client.runs("orders") == ([], None)
+        code, out, err = await cli(
+            "submit", "orders", json.dumps(order), "--wait", "5", "--url", srv.base
+        )
+        assert code == 0, err
+        assert json.loads(out)["total"] == "7.44"

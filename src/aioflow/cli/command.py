@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from aioflow.core import codec
-from aioflow.core.errors import AioflowError, ConfigError
+from aioflow.core.errors import AioflowError, ConfigError, InvalidInput
 from aioflow.definitions.app import App
 from aioflow.engine.engine import Engine
 from aioflow.gateway.routes import create_app
@@ -223,6 +223,10 @@ def _fail(e: BaseException) -> int:
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         traceback.print_exception(e, file=sys.stderr)
     sys.stderr.write(f"aioflow: {e}\n")
+    if isinstance(e, InvalidInput):  # what is wrong, one line each (as the 422 lists it)
+        for err in e.errors[:50]:
+            where = ".".join(str(p) for p in err.get("loc", ())) or "(input)"
+            sys.stderr.write(f"  {where}: {err.get('msg', err)}\n")
     return 2
 
 
