@@ -1,4 +1,4 @@
-"""The KYC examples (goflow's README flows) run on a real worker and give the
+"""The KYC examples (goflow's README flows) and the typed orders run on a real worker and give the
 results their stand-in functions imply, checked value by value."""
 
 from __future__ import annotations
