@@ -55,6 +55,7 @@ FAMILIES: dict[str, tuple[Any, Any, Any, Any]] = {
     "datetime": (dt.datetime, "2026-12-07T10:00:00Z", WHEN, "2026-12-07T10:00:00Z"),
     "uuid": (uuid.UUID, str(ID), ID, str(ID)),
     "decimal": (Decimal, "12.50", Decimal("12.50"), "12.50"),
+    "bytes": (bytes, b"\x00raw", b"\x00raw", b"\x00raw"),  # kept raw, as untyped
 }
 
 

@@ -35,10 +35,12 @@ from aioflow.core.errors import DefinitionError, InvalidInput
 
 __all__ = ["VertexTypes", "load_as", "schemas", "vertex_types"]
 
-# values of these types already are what the annotation names: no adapter call
-_NATIVE = (int, str, float, bool)
+# values of these types already are what the annotation names and are stored as they
+# are: no adapter call (bytes too: JSON mode would turn them into text; aioflow keeps
+# bytes raw)
+_NATIVE = (int, str, float, bool, bytes)
 _NOTHING = (inspect.Parameter.empty, Any, object)
-_JSON = (dict, list, str, int, float, bool)
+_JSON = (dict, list, str, int, float, bool, bytes)  # stored as given
 
 
 class VertexTypes:
