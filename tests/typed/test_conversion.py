@@ -178,3 +178,22 @@ async def test_unannotated_nodes_are_untouched(redis_url: str) -> None:
     async with running([flow], redis_url) as s:
         assert await s.client.execute(flow, data, timeout=10) == ["a", data]
     assert seen == [data, ["a", data]]
+
+
+async def test_an_on_failure_replacement_is_serialised_as_the_output(redis_url: str) -> None:
+    flow = aioflow.Flow("typed-fallback")
+
+    def fallback(error: BaseException, data: Any, ctx: aioflow.Context) -> Decimal:
+        return Decimal("1.5")
+
+    @flow.node(on_failure=fallback)
+    def price(x: int) -> Decimal:
+        raise RuntimeError("no price")
+
+    @flow.node(after=price)
+    def double(d: Decimal) -> Decimal:
+        assert isinstance(d, Decimal)
+        return d * 2
+
+    async with running([flow], redis_url) as s:
+        assert await s.client.execute(flow, 1, timeout=10) == Decimal("3.0")

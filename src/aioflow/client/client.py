@@ -222,7 +222,8 @@ class Client:
 
         Every item is checked before anything is sent: a value that cannot be
         serialised or is larger than ``max_value``, a malformed id or a
-        ``run_ids`` of the wrong length raises :class:`~aioflow.InvalidBatch`
+        ``run_ids`` of the wrong length, an input a typed flow's entry rejects (``index``
+        and ``errors`` say which and why) raises :class:`~aioflow.InvalidBatch`
         and no run is submitted. Runs go out as one script call per partition
         per 500 runs; each call is atomic. If Redis fails part-way,
         :class:`~aioflow.BatchIncomplete` lists the run ids that were confirmed
@@ -230,8 +231,9 @@ class Client:
         ``POST /flow/{name}/batch`` (at most the gateway's ``max_batch`` items).
         """
         if self._http is not None:
+            held = flow if isinstance(flow, Flow) else None  # typed objects go as JSON
             return await self._http.submit_many(
-                _name(flow), inputs, options=options, run_ids=run_ids
+                _name(flow), door.admit_many(held, list(inputs)), options=options, run_ids=run_ids
             )
 
         async def call() -> list[str]:

@@ -280,7 +280,8 @@ class Executor:
             if vertex.on_failure is not None:
                 try:
                     out = await _maybe_await(vertex.on_failure(error, data, self._context(m)))
-                    value = self._encode(m, out)
+                    typed = m.node.types  # the replacement output is the node's output
+                    value = self._encode(m, out if typed is None else typed.dump(out))
                     self._queue(m, self._success_ops(m, value), value=value)
                     return
                 except Exception as hook_error:
