@@ -158,6 +158,20 @@ def test_a_typed_flow_has_its_own_operation_with_its_schemas() -> None:
     assert "422" in doc["paths"]["/flow/{name}"]["post"]["responses"]
 
 
+def test_a_bytes_flow_takes_and_gives_octet_streams() -> None:
+    raw = aioflow.Flow("raw")
+
+    @raw.node
+    async def flip(b: bytes) -> bytes:
+        return b[::-1]
+
+    op = openapi.build((raw,))["paths"]["/flow/raw"]["post"]
+    body = op["requestBody"]["content"]
+    assert body["application/octet-stream"] == {"schema": {"type": "string"}}
+    assert body["application/json"] == {"schema": {"type": "string"}}  # converted to bytes
+    assert list(op["responses"]["200"]["content"]) == ["application/octet-stream"]
+
+
 async def test_the_served_document_holds_the_apps_typed_flows(redis: Redis) -> None:
     flows = [typed_flow(), *make_flows()]
     app = create_app(redis, flows=flows)

@@ -19,13 +19,26 @@ from .schemas import ref
 DEFS = "#/$defs/"
 
 
+BINARY = {"type": "string", "format": "binary"}  # a bytes annotation's schema
+
+
 @dataclasses.dataclass(frozen=True)
 class FlowSchemas:
-    """One flow's body and result schemas (``$ref``s into ``components``, or None)."""
+    """One flow's input and result as OpenAPI content (media type -> schema, the
+    schemas ``$ref``s into ``components``), or None where the flow says nothing."""
 
     flow: str
     body: dict[str, Any] | None
     result: dict[str, Any] | None
+
+
+def _content(components: dict[str, Any], flow: str, kind: str, schema: dict[str, Any]) -> Any:
+    if schema == BINARY:  # bytes travel raw (a JSON string converts too, on input)
+        raw = {"application/octet-stream": {"schema": {"type": "string"}}}
+        return (
+            {**raw, "application/json": {"schema": {"type": "string"}}} if kind == "input" else raw
+        )
+    return {"application/json": {"schema": place(components, flow, kind, schema)}}
 
 
 def _free(components: dict[str, Any], *names: str) -> str:
@@ -91,8 +104,8 @@ def flow_schemas(flows: tuple[Flow, ...], components: dict[str, Any]) -> list[Fl
             continue
         body = result = None
         if found["input"] is not None:
-            body = place(components, flow.name, "input", found["input"])
+            body = _content(components, flow.name, "input", found["input"])
         if found["result"] is not None:
-            result = place(components, flow.name, "result", found["result"])
+            result = _content(components, flow.name, "result", found["result"])
         out.append(FlowSchemas(flow.name, body, result))
     return out

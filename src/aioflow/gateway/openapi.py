@@ -524,16 +524,18 @@ def typed_start(typed: FlowSchemas) -> Route:
     result schema as the ``?wait=`` answer (beside the generic ``/flow/{name}``)."""
     responses = dict(_START_RUN_RESPONSES)
     if typed.result is not None:
-        responses["200"] = json_response(
-            "(?wait=) the run completed: its result", typed.result, **_RUN_ID_HEADER
-        )
+        responses["200"] = {
+            "description": "(?wait=) the run completed: its result",
+            "headers": _RUN_ID_HEADER,
+            "content": typed.result,
+        }
     body = _START_RUN_BODY
     if typed.body is not None:
         body = {
             "required": True,
             "description": f"The run's input, as the entry vertex of {typed.flow} declares it. "
             "Other query parameters become ctx.options.",
-            "content": {"application/json": {"schema": typed.body}},
+            "content": typed.body,
         }
     return Route(
         "post",
