@@ -52,7 +52,8 @@ FAMILIES: dict[str, tuple[Any, Any, Any, Any]] = {
         [Item(sku="a", qty=1)],
         [{"sku": "a", "qty": 1}],
     ),
-    "datetime": (dt.datetime, "2026-12-07T10:00:00Z", WHEN, "2026-12-07T10:00:00Z"),
+    # python-mode dump, written by orjson (JSON mode would say Z): both read back the same
+    "datetime": (dt.datetime, "2026-12-07T10:00:00Z", WHEN, "2026-12-07T10:00:00+00:00"),
     "uuid": (uuid.UUID, str(ID), ID, str(ID)),
     "decimal": (Decimal, "12.50", Decimal("12.50"), "12.50"),
     "bytes": (bytes, b"\x00raw", b"\x00raw", b"\x00raw"),  # kept raw, as untyped
@@ -91,13 +92,15 @@ async def test_the_next_node_gets_its_declared_type_back(redis_url: str) -> None
         return o.total * 2
 
     @flow.node(after=total)
-    def when(d: Decimal) -> dict[str, Any]:
+    def when(d: Decimal) -> dict[str, Decimal | dt.datetime | uuid.UUID]:
         assert isinstance(d, Decimal)
         return {"total": d, "at": WHEN, "id": ID}
 
     async with running([flow], redis_url) as s:
-        result = await s.client.execute(flow, ORDER, timeout=10)
-    assert result == {"total": "25.00", "at": "2026-12-07T10:00:00Z", "id": ORDER["id"]}
+        result = await s.client.execute(flow, ORDER, timeout=10)  # typed as the exit says
+        stored = await s.client.execute(flow.name, ORDER, timeout=10)  # by name: its JSON
+    assert result == {"total": Decimal("25.00"), "at": WHEN, "id": ID}
+    assert stored == {"total": "25.00", "at": "2026-12-07T10:00:00Z", "id": ORDER["id"]}
 
 
 async def test_aggregated_inputs_convert_per_parent(redis_url: str) -> None:
@@ -197,3 +200,18 @@ async def test_an_on_failure_replacement_is_serialised_as_the_output(redis_url: 
 
     async with running([flow], redis_url) as s:
         assert await s.client.execute(flow, 1, timeout=10) == Decimal("3.0")
+
+
+async def test_loose_return_types_keep_the_codec_rules(redis_url: str) -> None:
+    flow = aioflow.Flow("typed-loose")
+
+    @flow.node
+    def out(x: int) -> dict[str, Any]:
+        return {"blob": b"\x00\xff", "n": float("nan") if x else 1.5}
+
+    async with running([flow], redis_url) as s:
+        # bytes stay bytes (JSON mode would make text of them)...
+        assert await s.client.execute(flow, 0, timeout=10) == {"blob": b"\x00\xff", "n": 1.5}
+        # ...and a NaN is refused as ever, not written as null
+        with pytest.raises(aioflow.RunFailed, match="is nan, which JSON cannot hold"):
+            await s.client.execute(flow, 1, timeout=10)

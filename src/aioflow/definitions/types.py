@@ -20,7 +20,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import (
@@ -46,7 +46,16 @@ _JSON = (dict, list, str, int, float, bool, bytes)  # stored as given
 class VertexTypes:
     """A node's input and output adapters (``None``: not annotated)."""
 
-    __slots__ = ("arg", "arg_native", "arg_type", "ret", "ret_native", "ret_type", "where")
+    __slots__ = (
+        "arg",
+        "arg_native",
+        "arg_type",
+        "ret",
+        "ret_mode",
+        "ret_native",
+        "ret_type",
+        "where",
+    )
 
     def __init__(self, where: str, arg_type: Any, ret_type: Any) -> None:
         self.where = where
@@ -56,6 +65,9 @@ class VertexTypes:
         self.ret = _adapter(where, "return", ret_type)
         self.arg_native = arg_type if arg_type in _NATIVE else None
         self.ret_native = ret_type if ret_type in _NATIVE else None
+        self.ret_mode: Literal["json", "python"] = "python"
+        if self.ret is not None and not _stored_as_is(self.ret.core_schema):
+            self.ret_mode = "json"
 
     def load(self, value: Any) -> Any:
         """``value`` converted into the input annotation; raises :class:`InvalidInput`."""
@@ -83,7 +95,31 @@ class VertexTypes:
         a value that does not fit raises pydantic's ``ValidationError``."""
         if self.ret is None or type(out) is self.ret_native:
             return out
-        return self.ret.dump_python(self.ret.validate_python(out), mode="json")
+        return self.ret.dump_python(self.ret.validate_python(out), mode=self.ret_mode)
+
+
+# core schema types whose Python values aioflow's codec stores without loss (orjson
+# writes datetimes, UUIDs, enums; bytes stay bytes; NaN is refused, naming its path)
+_AS_IS = frozenset(
+    "any none bool int float str bytes list tuple set frozenset dict literal enum union "
+    "nullable default definitions definition-ref tagged-union datetime date time uuid "
+    "model model-fields model-field dataclass dataclass-args dataclass-field typed-dict "
+    "typed-dict-field".split()
+)
+
+
+def _stored_as_is(schema: Any) -> bool:
+    """Whether a type's Python-mode dump is what the codec stores faithfully. Not so
+    (Decimal, timedelta, paths, custom serialisers...): JSON mode converts it, bytes
+    and NaN in it going as pydantic's JSON mode says (text, null)."""
+    if isinstance(schema, list):
+        return all(_stored_as_is(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    kind = schema.get("type")
+    if isinstance(kind, str) and (kind not in _AS_IS or "serialization" in schema):
+        return False
+    return all(_stored_as_is(v) for k, v in schema.items() if k != "metadata")
 
 
 def errors(e: ValidationError) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aioflow.core.errors import InvalidBatch, InvalidInput
+from aioflow.core import codec
+from aioflow.core.errors import InvalidBatch, InvalidInput, LimitExceeded
 from aioflow.definitions.model import Flow
 from aioflow.definitions.types import entry_types
 
@@ -29,6 +30,26 @@ def admit(flow: Flow | None, data: Any) -> Any:
     for types in entry_types(flow):
         data = types.admit(data)
     return data
+
+
+def encode(flow: Flow | None, data: Any, max_value: int | None, name: str) -> bytes:
+    """A new run's input as stored, checked: the size limit first (it is cheaper, and
+    it protects the validation), then :func:`admit` for a held ``flow``. Raises
+    :class:`LimitExceeded` or :class:`InvalidInput`; nothing is written either way."""
+    try:
+        value, admitted = codec.encode(data), False
+    except TypeError:  # a typed object (a model instance...): its JSON once admitted
+        if flow is None:
+            raise
+        value, admitted = codec.encode(admit(flow, data)), True
+    if max_value is not None and len(value) > max_value:
+        raise LimitExceeded(
+            f"the input is {len(value)} bytes, larger than max_value={max_value}: "
+            f"no run of flow {name!r} was started"
+        )
+    if not admitted:
+        admit(flow, data)
+    return value
 
 
 def admit_many(flow: Flow | None, inputs: Sequence[Any]) -> list[Any]:

@@ -17,7 +17,6 @@ from aioflow.core import codec
 from aioflow.core.errors import (
     AioflowError,
     InvalidCallbackUrl,
-    LimitExceeded,
     RedisFull,
     RedisUnavailable,
 )
@@ -239,12 +238,7 @@ class Engine:
         rid = rid or await self.catalog.new_run_id(info.name, run_id, info)
         now = self.clock()
         due = int((now + delay) * 1000) if delay else 0
-        value = codec.encode(door.admit(self.catalog.held(info), data))
-        if self.max_value is not None and len(value) > self.max_value:
-            raise LimitExceeded(
-                f"the input is {len(value)} bytes, larger than max_value={self.max_value}: "
-                f"no run of flow {info.name!r} was started"
-            )
+        value = door.encode(self.catalog.held(info), data, self.max_value, info.name)
         traceparent = ""
         if self.tracing:
             with run_span(info.name, str(rid)) as traceparent:
