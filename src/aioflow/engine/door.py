@@ -12,13 +12,28 @@ another one is not checked here (its first node's conversion fails the run).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from aioflow.core import codec
 from aioflow.core.errors import InvalidBatch, InvalidInput, LimitExceeded
 from aioflow.definitions.model import Flow
-from aioflow.definitions.types import entry_types
+from aioflow.definitions.plan import Plan, compile_dag
+from aioflow.definitions.types import VertexTypes, entry_types
+
+_entries: weakref.WeakKeyDictionary[Flow, tuple[Plan, list[VertexTypes]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _checks(flow: Flow) -> list[VertexTypes]:
+    """The flow's annotated entries, found once per compiled plan (per submit: a lookup)."""
+    plan = compile_dag(flow)
+    hit = _entries.get(flow)
+    if hit is None or hit[0] is not plan:
+        hit = _entries[flow] = (plan, entry_types(flow))
+    return hit[1]
 
 
 def admit(flow: Flow | None, data: Any) -> Any:
@@ -27,7 +42,7 @@ def admit(flow: Flow | None, data: Any) -> Any:
     Raises :class:`InvalidInput` with the first failing entry's errors."""
     if flow is None:
         return data
-    for types in entry_types(flow):
+    for types in _checks(flow):
         data = types.admit(data)
     return data
 
@@ -56,7 +71,7 @@ def admit_many(flow: Flow | None, inputs: Sequence[Any]) -> list[Any]:
     """:func:`admit` for each item; raises :class:`InvalidBatch` naming the first bad one."""
     if flow is None:
         return list(inputs)
-    checks = entry_types(flow)
+    checks = _checks(flow)
     out = []
     for i, data in enumerate(inputs):
         try:
