@@ -134,3 +134,18 @@ def test_partials_and_callable_objects_are_read_through() -> None:
     scale, add_types = plan.nodes["scale"].types, plan.nodes["add"].types
     assert scale is not None and scale.arg_type is Item
     assert add_types is not None and add_types.arg_type is Order
+
+
+def test_a_nested_dags_bad_annotation_names_the_flow_and_the_group() -> None:
+    inner = aioflow.Dag()
+
+    def parse(x: Opaque) -> int:
+        return 1
+
+    inner.node("parse", parse)
+    flow = aioflow.Flow("nested-broken")
+    flow.subdag("sub", inner)
+    with pytest.raises(
+        aioflow.DefinitionError, match=r"^flow 'nested-broken': subdag 'sub': dag: node 'parse'"
+    ):
+        compile_dag(flow)

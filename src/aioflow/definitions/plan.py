@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aioflow.core.errors import DefinitionError
+
 from .model import Dag, Flow, Vertex, check_graph
 from .types import VertexTypes, vertex_types
 from .waits import MISSING
@@ -92,12 +94,15 @@ def _build(dag: Dag) -> Plan:
             tuple(data_in[name]) if parents[name] else ((name, None),),
         )
         node.types = vertex_types(dag._label(), name, v)
-        if v.kind in ("subdag", "foreach"):
-            assert v.dag is not None
-            node.inner = _build(v.dag)
-        elif v.kind == "branch":
-            for cond, d in v.branches.items():
-                node.branches[cond] = _build(d)
+        try:
+            if v.kind in ("subdag", "foreach"):
+                assert v.dag is not None
+                node.inner = _build(v.dag)
+            elif v.kind == "branch":
+                for cond, d in v.branches.items():
+                    node.branches[cond] = _build(d)
+        except DefinitionError as e:  # a nested dag's annotation: say whose dag it is
+            raise DefinitionError(f"{dag._label()}: {v.kind} {name!r}: {e}") from None
         nodes[name] = node
     if len(exits) == 1:
         exit_name = exits[0]
