@@ -69,6 +69,10 @@ class VertexTypes:
         if self.ret is not None and not _stored_as_is(self.ret.core_schema):
             self.ret_mode = "json"
 
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of what :meth:`load` accepts (``{}`` when not annotated)."""
+        return {} if self.arg is None else _schema(self.arg, "validation")
+
     def load(self, value: Any) -> Any:
         """``value`` converted into the input annotation; raises :class:`InvalidInput`."""
         if self.arg is None or type(value) is self.arg_native:
@@ -199,6 +203,14 @@ def vertex_types(label: str, name: str, vertex: Any) -> VertexTypes | None:
     found = None if types.arg is None and types.ret is None else types
     _types[vertex] = found
     return found
+
+
+def wait_types(where: str, data_type: Any) -> VertexTypes | None:
+    """The adapters of a ``wait`` vertex's ``data_type=`` (None: its data is taken as
+    sent): the event's or signal's data is loaded into it and stored as its dump."""
+    if data_type is None or data_type in _NOTHING:
+        return None
+    return VertexTypes(where, data_type, data_type)
 
 
 # -- a flow's schemas -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from aioflow.core.errors import DefinitionError
 
 from .checks import KEY_SHAPE, NODE_ON_FAILURE_SHAPE, check_hook, check_name
 from .policy import RetryPolicy
+from .types import VertexTypes, wait_types
 
 # event names: a flow name's characters and dots (``kyc.reviewed``); the same rule as
 # the key schema's (aioflow.store.keys.EVENT_NAME_RE), which must not be looser
@@ -78,6 +79,7 @@ class WaitSpec:
     timeout: float | None
     default: bytes | None
     since: Literal["run", "vertex"]
+    data: VertexTypes | None = None  # data_type=: what the event's or signal's data must be
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +123,7 @@ def wait_spec(
     timeout: float | None,
     default: Any,
     since: str,
+    data_type: Any = None,
 ) -> WaitSpec:
     if event is not None:
         check_event_name(event, where)
@@ -141,7 +144,8 @@ def wait_spec(
             encoded = codec.encode(default)
         except Exception as e:
             raise DefinitionError(f"{where}: default cannot be stored: {e}") from None
-    return WaitSpec(event, key, seconds, encoded, since)  # type: ignore[arg-type]
+    data = wait_types(where, data_type)
+    return WaitSpec(event, key, seconds, encoded, since, data)  # type: ignore[arg-type]
 
 
 def sleep_spec(where: str, seconds: float | None, until: UntilFn | None) -> SleepSpec:
@@ -163,6 +167,7 @@ def describe_spec(spec: Spec) -> dict[str, Any]:
                 "timeout": spec.timeout,
                 "default": spec.default is not None,
                 "since": spec.since,
+                **({} if spec.data is None else {"data_schema": spec.data.input_schema()}),
             }
         }
     if isinstance(spec, SleepSpec):
@@ -203,6 +208,7 @@ class WaitingVertices:
         timeout: float | None = None,
         default: Any = MISSING,
         since: Literal["run", "vertex"] = "run",
+        data_type: Any = None,
         after: After = None,
         retries: int | RetryPolicy | None = None,
         on_failure: Callable[..., Any] | None = None,
@@ -210,7 +216,10 @@ class WaitingVertices:
         """A vertex that waits, holding no worker slot, for the event ``event`` whose
         key is ``key(data)`` (sync or async; no ``key``: the key ``""``), or for a
         signal to this vertex (``client.signal(run_id, name, data)``); its output is
-        the event's or signal's data. An event sent after the run was created counts
+        the event's or signal's data (``data_type``: converted into that type, as a
+        node's annotated input is; data that does not convert is refused at the door,
+        where the sender holds the flow, else fails the vertex with
+        :class:`~aioflow.InvalidInput`). An event sent after the run was created counts
         even if it came before the run reached the wait (``since="vertex"``: only
         events sent once the vertex started). After ``timeout`` seconds the vertex
         fails with :class:`~aioflow.WaitTimeout` (``retries`` and ``on_failure``
@@ -219,7 +228,7 @@ class WaitingVertices:
         name, timeout or function."""
         check_name(name)
         where = f"{self._label()}: wait {name!r}"
-        spec = wait_spec(where, event, key, timeout, default, since)
+        spec = wait_spec(where, event, key, timeout, default, since, data_type)
         return self._add_waiting(
             name, "wait", spec, after, self._failure(where, retries, on_failure), on_failure
         )

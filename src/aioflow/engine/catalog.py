@@ -38,6 +38,10 @@ class Catalog:
         for flow in flows:
             self._held[flow.name] = flow
 
+    def held_flows(self) -> list[Flow]:
+        """Every flow object held (see :meth:`hold`)."""
+        return list(self._held.values())
+
     def held(self, info: FlowInfo) -> Flow | None:
         """The flow object held for ``info``'s name when ``info`` is its version."""
         flow = self._held.get(info.name)
@@ -147,6 +151,9 @@ class Catalog:
         v: Any = await self.backend.redis.hget(rid.run, "v")
         if not v:
             return await self.plan(rid.flow)
+        held = self._held.get(rid.flow)
+        if held is not None and version_of(held) == v.decode():
+            return compile_dag(held)  # the object itself: its functions and types too
         doc = await self.pins.doc(rid.flow, v.decode())
         if doc is None:
             raise UnknownVersion(

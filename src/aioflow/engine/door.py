@@ -13,7 +13,7 @@ another one is not checked here (its first node's conversion fails the run).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aioflow.core import codec
@@ -21,6 +21,7 @@ from aioflow.core.errors import InvalidBatch, InvalidInput, LimitExceeded
 from aioflow.definitions.model import Flow
 from aioflow.definitions.plan import Plan, compile_dag
 from aioflow.definitions.types import VertexTypes, entry_types
+from aioflow.definitions.waits import WaitSpec
 
 _entries: weakref.WeakKeyDictionary[Flow, tuple[Plan, list[VertexTypes]]] = (
     weakref.WeakKeyDictionary()
@@ -81,3 +82,27 @@ def admit_many(flow: Flow | None, inputs: Sequence[Any]) -> list[Any]:
             raise InvalidBatch(f"item {i}: {e}", index=i, errors=e.errors) from None
         out.append(data)
     return out
+
+
+def _event_types(dag: Any, name: str) -> list[VertexTypes]:
+    """The ``data_type=`` adapters of the waits of ``dag`` (nested dags included) on
+    the event ``name``."""
+    out: list[VertexTypes] = []
+    for v in dag.vertices.values():
+        spec = getattr(v, "spec", None)
+        if isinstance(spec, WaitSpec) and spec.event == name and spec.data is not None:
+            out.append(spec.data)
+        if v.dag is not None:
+            out += _event_types(v.dag, name)
+        for branch in v.branches.values():
+            out += _event_types(branch, name)
+    return out
+
+
+def check_event(flows: Iterable[Flow], name: str, data: Any) -> None:
+    """An event's data checked against the ``data_type=`` of every wait on ``name`` in
+    ``flows`` (the flows this process holds); raises :class:`InvalidInput`, and the
+    event is then not sent. Waits of flows it does not hold convert it in the worker."""
+    for flow in flows:
+        for types in _event_types(flow, name):
+            types.load(data)

@@ -383,6 +383,7 @@ class Engine:
     ) -> dict[str, Any]:
         """Send event ``name`` (see :meth:`aioflow.Client.send_event`); answers
         ``{"resolved": n, "started": [run ids]}``."""
+        door.check_event(self.catalog.held_flows(), name, data)
         await self.start()
         return await events.send_event(self, name, data, key=key, event_id=event_id)
 

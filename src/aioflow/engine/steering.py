@@ -11,6 +11,7 @@ from aioflow.core import codec
 from aioflow.core.errors import InvalidRunId, InvalidTransition, LimitExceeded, RunNotFound
 from aioflow.definitions.plan import resolve
 from aioflow.definitions.status import Status
+from aioflow.definitions.waits import WaitSpec
 from aioflow.store import keys
 from aioflow.store.keys import RunId
 from aioflow.store.scripts import SCRIPTS
@@ -133,6 +134,9 @@ async def signal(
         node = None
     if node is None or node.kind != "wait":
         raise InvalidTransition(f"cannot signal {vertex!r} of run {rid}: it is not a wait vertex")
+    spec = node.vertex.spec if node.vertex is not None else None
+    if isinstance(spec, WaitSpec) and spec.data is not None:
+        spec.data.load(data)  # data_type=: InvalidInput, and nothing is sent
     value = codec.encode(data)
     if max_value is not None and len(value) > max_value:
         raise LimitExceeded(

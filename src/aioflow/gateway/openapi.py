@@ -463,6 +463,9 @@ ROUTES: tuple[Route, ...] = (
                 "request_entity_too_large",
                 "value_too_large",
             ),
+            "422": json_response(
+                "The data does not match the wait's data_type: nothing sent", ref("InvalidInput")
+            ),
         },
         parameters=(
             FLOW,
@@ -493,6 +496,11 @@ ROUTES: tuple[Route, ...] = (
                 "value_too_large",
             ),
             "415": error("The body is not application/json", "unsupported_media_type"),
+            "422": json_response(
+                "The data does not match the data_type of a wait on this event in a flow "
+                "the gateway serves: nothing sent",
+                ref("InvalidInput"),
+            ),
         },
         parameters=(path_param("name", "Event name", EVENT_NAME, maxLength=64),),
         body=_EVENT_BODY,

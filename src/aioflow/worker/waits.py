@@ -126,6 +126,11 @@ class Waiting:
             await self.ex._failed(m, e, data)
 
     def _done(self, m: Msg, value: bytes) -> None:
+        spec = m.node.vertex.spec if m.node.vertex else None
+        if isinstance(spec, WaitSpec) and spec.data is not None:
+            # data_type=: the data converted (InvalidInput when it does not) and stored
+            # as the type's dump, as a node's annotated output is
+            value = codec.encode(spec.data.dump(spec.data.load(codec.decode(value))))
         self.ex._queue(m, self.ex._success_ops(m, value), value=value)
 
     def _waiting(self, m: Msg, deadline: float | None, ops: list[Any]) -> None:
