@@ -1,6 +1,6 @@
 """The aioflow benchmark driver behind ``benchmarks/run.py`` (``make bench``).
 
-- :mod:`bench.workloads`: what W1-W5 are (sizes, flows, peer figures) and the drivers
+- :mod:`bench.workloads`: what W1-W6 are (sizes, flows, peer figures) and the drivers
   that submit and await their runs;
 - :mod:`bench.metering`: CPU of redis-server, the workers and the client (``/proc``,
   ``getrusage``, ``INFO``), Redis command statistics, py-spy and strace around a workload;
